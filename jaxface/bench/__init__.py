@@ -1,0 +1,1 @@
+"""Benchmarks: project commands that print tables (not tests)."""

@@ -1,0 +1,1 @@
+"""Data: sources, landmark layouts, mask rendering and grain pipelines."""

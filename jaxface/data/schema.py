@@ -1,0 +1,50 @@
+"""The batch contract: the one place that names the keys of a batch.
+
+Every pipeline produces, and every step consumes, a dict of arrays with these
+keys (a task uses the subset it needs):
+
+| key            | shape / dtype            | meaning                               |
+|----------------|--------------------------|---------------------------------------|
+| `image`        | [B, H, W, 3] float32     | the clean face, in [0, 1]             |
+| `masked_image` | [B, H, W, 3] float32     | the face wearing a (synthetic) mask   |
+| `mask`         | [B, H, W, 1] float32     | 1 in the hole / on the face mask      |
+| `landmarks`    | [B, 98, 2] float32       | WFLW points, pixel (x, y)             |
+| `gender`       | [B] int32                | 0 female, 1 male                      |
+
+Host pipelines keep images as uint8 (4x less to move); `to_float` converts
+on the device side.
+"""
+
+from typing import Mapping
+
+import numpy as np
+
+IMAGE = "image"
+MASKED_IMAGE = "masked_image"
+MASK = "mask"
+LANDMARKS = "landmarks"
+GENDER = "gender"
+
+FEMALE, MALE = 0, 1
+GENDERS = {"female": FEMALE, "male": MALE}
+
+# Keys whose uint8 host values are images to scale into [0, 1].
+_IMAGE_KEYS = (IMAGE, MASKED_IMAGE)
+
+
+def to_float(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Converts a host batch (uint8 images, [B, H, W] masks) to the contract.
+
+  Works on numpy and jax arrays alike, so it can run on the host or inside a
+  jitted function.
+  """
+  out = dict(batch)
+  for key in _IMAGE_KEYS:
+    if key in out and out[key].dtype == np.uint8:
+      out[key] = out[key].astype(np.float32) / 255.0
+  if MASK in out:
+    mask = out[MASK]
+    if mask.ndim == 3:
+      mask = mask[..., None]
+    out[MASK] = mask.astype(np.float32)
+  return out

@@ -1,0 +1,75 @@
+"""Loss functions, all computed in float32.
+
+Inpainting (LaFIn; REFERENCE.md section 5). Notation: `output` is the raw
+generator output, `target` the ground truth, `mask` 1 in the hole, images
+[B, H, W, C] in [0, 1], VGG features dicts of [B, h, w, c].
+"""
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+# Guards the hole-fraction normaliser for a batch without holes.
+_EPS = 1e-8
+
+
+def _f32(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.float32)
+
+
+def hole_l1(output: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """mean |output - target| over the whole image, divided by mean(mask).
+
+  The division by the hole fraction keeps the weight of the reconstruction
+  term independent of how much of the image is hidden.
+  """
+  l1 = jnp.mean(jnp.abs(_f32(output) - _f32(target)))
+  return l1 / jnp.maximum(jnp.mean(_f32(mask)), _EPS)
+
+
+def perceptual(features_out: Mapping[str, jax.Array],
+               features_target: Mapping[str, jax.Array],
+               layer_names: Sequence[str]) -> jax.Array:
+  """Sum over layers of the element mean of |phi(output) - phi(target)|."""
+  return sum(jnp.mean(jnp.abs(_f32(features_out[k]) - _f32(features_target[k])))
+             for k in layer_names)
+
+
+def gram(features: jax.Array) -> jax.Array:
+  """Per-sample Gram matrix F F^T / (C H W) of [B, H, W, C] -> [B, C, C]."""
+  b, h, w, c = features.shape
+  f = features.reshape(b, h * w, c)
+  g = jnp.einsum("bnc,bnd->bcd", f, f, preferred_element_type=jnp.float32)
+  return g / (c * h * w)
+
+
+def style(features_out: Mapping[str, jax.Array],
+          features_target: Mapping[str, jax.Array],
+          layer_names: Sequence[str]) -> jax.Array:
+  """Sum over layers of the element mean of |Gram(out) - Gram(target)|.
+
+  LaFIn feeds the hole-masked images (`output * mask`, `target * mask`) to VGG
+  for this term; the caller does the masking.
+  """
+  return sum(jnp.mean(jnp.abs(gram(features_out[k]) - gram(features_target[k])))
+             for k in layer_names)
+
+
+def total_variation(x: jax.Array) -> jax.Array:
+  """Mean absolute difference of vertical plus horizontal neighbours."""
+  x = _f32(x)
+  dy = jnp.mean(jnp.abs(x[:, 1:, :, :] - x[:, :-1, :, :]))
+  dx = jnp.mean(jnp.abs(x[:, :, 1:, :] - x[:, :, :-1, :]))
+  return dy + dx
+
+
+def lsgan_discriminator(real_prob: jax.Array, fake_prob: jax.Array) -> jax.Array:
+  """(mean (D(real) - 1)^2 + mean D(fake)^2) / 2 on sigmoid outputs."""
+  return 0.5 * (jnp.mean(jnp.square(_f32(real_prob) - 1))
+                + jnp.mean(jnp.square(_f32(fake_prob))))
+
+
+def lsgan_generator(fake_prob: jax.Array) -> jax.Array:
+  """mean (D(fake) - 1)^2 on sigmoid outputs."""
+  return jnp.mean(jnp.square(_f32(fake_prob) - 1))

@@ -1,0 +1,67 @@
+r"""Entry point: `python -m jaxface.main --config=configs/<task>.py --workdir=...`.
+
+Kept short on purpose: flags, multi-host initialisation, device logging, and
+a hand-off to the training loop, where all the logic lives (importable from
+tests and notebooks).
+
+  --config                 an ml_collections config file, optionally with an
+                           argument: configs/inpaint.py:tiny,gender=male
+  --config.<key>=<value>   override any field, e.g. --config.train.batch_size=32
+  --workdir                checkpoints, TensorBoard events and samples; a run
+                           pointed at an existing workdir resumes from its
+                           latest checkpoint
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from jaxface import logging_utils
+from jaxface.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:args]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, events and samples.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "yes", "no"],
+    "Call jax.distributed.initialize(): 'auto' does so when a multi-process "
+    "launch is detected (TPU pod slice, SLURM, or JAX_COORDINATOR_ADDRESS).")
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Also show the INFO logs of orbax, grain and JAX.")
+
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _multi_process_launch() -> bool:
+  env = os.environ
+  return ("JAX_COORDINATOR_ADDRESS" in env
+          or int(env.get("SLURM_NTASKS", "1")) > 1
+          or int(env.get("TPU_WORKER_COUNT", env.get("CLOUD_TPU_TASK_COUNT",
+                                                        "1"))) > 1
+          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _VERBOSE.value:
+    logging_utils.quiet_libraries()
+  if _DISTRIBUTED.value == "yes" or (_DISTRIBUTED.value == "auto"
+                                     and _multi_process_launch()):
+    jax.distributed.initialize()
+  logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s",
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.local_devices())
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Neural networks, one module per network (flax.linen, used functionally)."""

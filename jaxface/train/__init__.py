@@ -1,0 +1,1 @@
+"""Training: the shared loop, checkpoints, writers, and one step module per task."""

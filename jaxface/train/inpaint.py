@@ -1,0 +1,286 @@
+"""The inpainting GAN task: state, the jitted GAN iteration, evaluation.
+
+One training step is LaFIn's iteration as a single pure function:
+
+  1. G forward (once; its VJP is kept for step 4);
+  2. D update on (real, detached fake), one power-iteration step of the
+     spectral norms;
+  3. G loss: L1 / hole fraction + perceptual + style + TV + LSGAN, the
+     adversarial term through the *pre-update* D parameters, differentiated
+     with respect to G's output only (no D weight gradients are computed);
+  4. G update by pulling that gradient back through the saved VJP.
+
+The real half of the D batch and the VGG features of the target need no
+gradient and are computed outside the differentiated functions.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from jaxface import losses
+from jaxface import metrics
+from jaxface.data import pipeline
+from jaxface.data import schema
+from jaxface.models import inpaint
+from jaxface.models import layers
+from jaxface.models import vgg
+from jaxface.train import images
+from jaxface.weights import vgg as vgg_weights
+
+SN = layers.SPECTRAL_STATS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "float16": jnp.float16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  try:
+    return DTYPES[config.compute_dtype]
+  except KeyError:
+    raise ValueError(f"config.compute_dtype={config.compute_dtype!r}; "
+                     f"expected one of {sorted(DTYPES)}") from None
+
+
+@flax.struct.dataclass
+class GANState:
+  """Everything that changes during training, as one pytree."""
+  step: jax.Array
+  g_params: Any
+  g_stats: Any   # spectral-norm vectors of G (its attention ResBlock)
+  d_params: Any
+  d_stats: Any   # spectral-norm vectors of D
+  g_opt: Any
+  d_opt: Any
+
+
+class InpaintTask:
+  """Builds the networks from a config and provides the pure step functions.
+
+  The loop in `jaxface.train.loop` jits `init_state`, `train_step`,
+  `eval_step` and `sample` with shardings; nothing here touches devices.
+  """
+
+  name = "inpaint"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    dtype = compute_dtype(config)
+    g, d = config.model.generator, config.model.discriminator
+    self.generator = inpaint.Generator(
+        width=g.width, num_res_blocks=g.num_res_blocks, dilation=g.dilation,
+        attention_impl=config.model.attention_impl, dtype=dtype)
+    self.discriminator = inpaint.Discriminator(
+        width=d.width, attention_impl=config.model.attention_impl,
+        dtype=dtype)
+    self.perceptual_layers = tuple(config.losses.perceptual_layers)
+    self.style_layers = tuple(config.losses.style_layers)
+    vgg_outputs = tuple(dict.fromkeys(self.perceptual_layers
+                                      + self.style_layers))
+    self.vgg = vgg.VGG19(
+        outputs=vgg_outputs,
+        last_layer=max(vgg_outputs, key=vgg.LAYERS.index),
+        imagenet_normalize=config.losses.vgg_imagenet_normalize,
+        width=config.losses.vgg_width, dtype=dtype)
+    o = config.optim
+    self.g_tx = optax.adam(o.g_lr, b1=o.b1, b2=o.b2)
+    self.d_tx = optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
+    self.image_size = config.data.image_size
+
+  # ---------------------------------------------------------------- state
+  def init_state(self, rng: jax.Array) -> GANState:
+    s = self.image_size
+    image = jnp.zeros((1, s, s, 3), jnp.float32)
+    one = jnp.zeros((1, s, s, 1), jnp.float32)
+    g_rng, d_rng = jax.random.split(rng)
+    g_vars = self.generator.init(g_rng, image, one, one)
+    d_vars = self.discriminator.init(d_rng, image, one)
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_vars["params"], g_stats=g_vars[SN],
+        d_params=d_vars["params"], d_stats=d_vars[SN],
+        g_opt=self.g_tx.init(g_vars["params"]),
+        d_opt=self.d_tx.init(d_vars["params"]))
+
+  def constants(self) -> dict[str, Any]:
+    """Frozen inputs of the step: the VGG-19 loss network."""
+    path = self.config.vgg_weights
+    if path:
+      if self.vgg.width != 64:
+        raise ValueError(f"config.losses.vgg_width={self.vgg.width}: "
+                         "pretrained VGG-19 weights need width 64")
+      params = vgg_weights.load_vgg19(path, last_layer=self.vgg.last_layer)
+      logging.info("VGG-19 loss network loaded from %s", path)
+    else:
+      logging.warning(
+          "config.vgg_weights is empty: the perceptual and style losses use a "
+          "RANDOMLY initialised VGG-19. Fine for smoke tests; for real "
+          "training pass --config.vgg_weights=/path/to/vgg19-dcbb9e9d.pth "
+          "(torchvision) or a .npz written by jaxface.weights.")
+      params = self.vgg.init(jax.random.key(self.config.seed + 7),
+                             jnp.zeros((1, 32, 32, 3)))["params"]
+    return {"vgg": params}
+
+  # ------------------------------------------------------------- helpers
+  def _inputs(self, batch):
+    batch = schema.to_float(batch)
+    image, mask = batch[schema.IMAGE], batch[schema.MASK]
+    _, h, w, _ = image.shape
+    lmap = layers.landmark_map(batch[schema.LANDMARKS], h, w)
+    masked = image * (1 - mask) + mask  # holes painted white
+    return image, mask, lmap, masked
+
+  def _vgg(self, consts, x):
+    return self.vgg.apply({"params": consts["vgg"]}, x)
+
+  # --------------------------------------------------------------- train
+  def train_step(self, state: GANState, batch: dict[str, jax.Array],
+                 consts: dict[str, Any]) -> tuple[GANState, dict[str, Any]]:
+    """One GAN iteration; see the module docstring."""
+    cfg = self.config.losses
+    image, mask, lmap, masked = self._inputs(batch)
+    b = image.shape[0]
+
+    # 1. Generator forward, keeping the VJP for the update in step 4.
+    def generate(g_params):
+      out, updates = self.generator.apply(
+          {"params": g_params, SN: state.g_stats}, masked, lmap, mask,
+          update_stats=True, mutable=[SN])
+      return out, updates[SN]
+
+    fake, g_vjp, g_stats = jax.vjp(generate, state.g_params, has_aux=True)
+
+    # 2. Discriminator update on real and the detached fake, in one batch.
+    d_images = jnp.concatenate([image, jax.lax.stop_gradient(fake)])
+    d_lmaps = jnp.concatenate([lmap, lmap])
+
+    def d_loss_fn(d_params):
+      probs, updates = self.discriminator.apply(
+          {"params": d_params, SN: state.d_stats}, d_images, d_lmaps,
+          update_stats=True, mutable=[SN])
+      real_prob, fake_prob = probs[:b], probs[b:]
+      loss = losses.lsgan_discriminator(real_prob, fake_prob)
+      return loss, (updates[SN], jnp.mean(real_prob), jnp.mean(fake_prob))
+
+    (d_loss, (d_stats, d_real, d_fake)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(state.d_params)
+
+    # 3. Generator loss as a function of G's output only. D's parameters are
+    # the pre-update ones and enter as constants: no weight gradients.
+    target_feats = self._vgg(consts, jnp.concatenate([image, image * mask]))
+
+    def g_loss_fn(out):
+      out_feats = self._vgg(consts, jnp.concatenate([out, out * mask]))
+      split = lambda f: (f[:b], f[b:])
+      out_full, out_hole = {}, {}
+      tgt_full, tgt_hole = {}, {}
+      for k in out_feats:
+        out_full[k], out_hole[k] = split(out_feats[k])
+        tgt_full[k], tgt_hole[k] = split(target_feats[k])
+      composite = out * mask + image * (1 - mask)
+      fake_prob = self.discriminator.apply(
+          {"params": state.d_params, SN: d_stats}, out, lmap,
+          update_stats=False)
+      terms = {
+          "l1": losses.hole_l1(out, image, mask),
+          "perceptual": losses.perceptual(out_full, tgt_full,
+                                          self.perceptual_layers),
+          "style": losses.style(out_hole, tgt_hole, self.style_layers),
+          "tv": losses.total_variation(composite),
+          "adversarial": losses.lsgan_generator(fake_prob),
+      }
+      total = sum(cfg[k] * v for k, v in terms.items())
+      return total, terms
+
+    (g_loss, terms), out_grad = jax.value_and_grad(
+        g_loss_fn, has_aux=True)(fake)
+
+    # 4. Pull the output gradient back into G's parameters.
+    (g_grads,) = g_vjp(out_grad)
+
+    g_updates, g_opt = self.g_tx.update(g_grads, state.g_opt, state.g_params)
+    d_updates, d_opt = self.d_tx.update(d_grads, state.d_opt, state.d_params)
+    new_state = GANState(
+        step=state.step + 1,
+        g_params=optax.apply_updates(state.g_params, g_updates),
+        g_stats=g_stats,
+        d_params=optax.apply_updates(state.d_params, d_updates),
+        d_stats=d_stats, g_opt=g_opt, d_opt=d_opt)
+
+    g_norm, d_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
+    out = {"g_loss": g_loss, "d_loss": d_loss, "d_real": d_real,
+           "d_fake": d_fake, "g_grad_norm": g_norm, "d_grad_norm": d_norm}
+    out.update({f"loss/{k}": v for k, v in terms.items()})
+    out["finite"] = jnp.all(jnp.isfinite(jnp.stack(
+        [g_loss, d_loss, g_norm, d_norm])))
+    return new_state, out
+
+  # ---------------------------------------------------------------- eval
+  def _inpaint(self, state: GANState, batch):
+    image, mask, lmap, masked = self._inputs(batch)
+    out = self.generator.apply({"params": state.g_params, SN: state.g_stats},
+                               masked, lmap, mask)
+    composite = out * mask + image * (1 - mask)
+    return image, mask, lmap, masked, out, composite
+
+  def eval_step(self, state: GANState, batch: dict[str, jax.Array],
+                consts: dict[str, Any]) -> dict[str, jax.Array]:
+    """Per-image quality of the composite against the ground truth."""
+    del consts
+    image, mask, _, _, out, composite = self._inpaint(state, batch)
+    return {
+        "psnr": metrics.psnr(composite, image),
+        "ssim": metrics.ssim(composite, image),
+        "l1_hole": jnp.sum(jnp.abs(out - image) * mask, axis=(1, 2, 3))
+                   / jnp.maximum(3 * jnp.sum(mask, axis=(1, 2, 3)), 1.0),
+        "gender": batch[schema.GENDER],
+    }
+
+  def sample(self, state: GANState, batch: dict[str, jax.Array],
+             consts: dict[str, Any]) -> dict[str, jax.Array]:
+    """The columns of the sample grid."""
+    del consts
+    image, _, lmap, masked, out, composite = self._inpaint(state, batch)
+    return {"masked": masked, "landmarks": lmap, "output": out,
+            "composite": composite, "target": image}
+
+  @staticmethod
+  def sample_grid(columns: dict[str, np.ndarray],
+                  landmarks: np.ndarray) -> np.ndarray:
+    """uint8 grid: masked input | landmarks | output | composite | target."""
+    lm_column = np.stack([
+        images.draw_points(0.5 * t, p, color=(0.0, 1.0, 0.0))
+        for t, p in zip(columns["target"], landmarks)])
+    return images.make_grid([columns["masked"], lm_column, columns["output"],
+                             columns["composite"], columns["target"]])
+
+  # ---------------------------------------------------------------- data
+  def train_data(self, process_index: int, process_count: int):
+    return pipeline.inpaint_train(self.config, process_index=process_index,
+                                  process_count=process_count)
+
+  def eval_data(self, process_index: int, process_count: int):
+    return pipeline.inpaint_eval(self.config, process_index=process_index,
+                                 process_count=process_count)
+
+  @staticmethod
+  def summarize_eval(per_image: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means overall and per gender: eval/psnr, eval/psnr/male, ..."""
+    out = {}
+    gender = per_image["gender"]
+    for key, values in per_image.items():
+      if key == "gender":
+        continue
+      out[key] = float(np.mean(values))
+      for name, code in schema.GENDERS.items():
+        sel = gender == code
+        if np.any(sel):
+          out[f"{key}/{name}"] = float(np.mean(values[sel]))
+    return out
+

@@ -1,0 +1,273 @@
+"""The shared training loop, used by every task.
+
+A task (e.g. `jaxface.train.inpaint.InpaintTask`) provides pure functions:
+
+  init_state(rng) -> state
+  train_step(state, batch, consts) -> (state, metrics)   # metrics["finite"]
+  eval_step(state, batch, consts) -> per-example arrays  # incl. "gender"
+  sample(state, batch, consts) -> image columns
+  constants() -> frozen pytree (e.g. a loss network)
+  train_data(process_index, process_count) -> grain IterDataset
+  eval_data(process_index, process_count) -> grain MapDataset of batches
+  sample_grid(columns, landmarks) -> uint8 image
+  summarize_eval(per_example) -> {name: float}
+
+and this loop does the rest: mesh and shardings, state created already
+sharded, automatic resume from the latest checkpoint in the workdir,
+TensorBoard scalars and image grids, console progress with rate and ETA,
+periodic evaluation, checkpoints on an interval and on SIGTERM, and an abort
+that names the step when a loss turns NaN/Inf.
+"""
+
+import importlib
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxface import sharding
+from jaxface.data import schema
+from jaxface.train import checkpoint
+from jaxface.train import progress as progress_lib
+from jaxface.train import writers
+
+# config.task -> "module:Class". Adding a task is one module + one line.
+TASKS = {
+    "inpaint": "jaxface.train.inpaint:InpaintTask",
+}
+
+
+def make_task(config: ml_collections.ConfigDict) -> Any:
+  if config.task not in TASKS:
+    raise ValueError(f"config.task={config.task!r} is not a known task "
+                     f"(known: {sorted(TASKS)})")
+  module, cls = TASKS[config.task].split(":")
+  return getattr(importlib.import_module(module), cls)(config)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss or gradient norm became NaN/Inf."""
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM (preemption, `kill`, Ctrl-C via SIGINT too) into a flag.
+
+  The loop polls `requested` once per step, saves a checkpoint and returns;
+  the previous handlers are restored on `close`. On several processes orbax's
+  `reached_preemption` (JAX's preemption sync) is consulted as well, so all
+  hosts stop at the same step.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM,)):
+    self._event = threading.Event()
+    self._previous = {}
+    self.signal_name = None
+    if threading.current_thread() is threading.main_thread():
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    self._event.set()
+
+  def requested(self, manager, step: int) -> bool:
+    if self._event.is_set():
+      return True
+    return jax.process_count() > 1 and manager.reached_preemption(step)
+
+  def close(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _check_finite(metrics: dict[str, Any], step: int, manager) -> None:
+  if bool(jax.device_get(metrics["finite"])):
+    return
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()
+            if k != "finite"}
+  manager.wait_until_finished()
+  last = manager.latest_step()
+  raise NonFiniteLossError(
+      f"non-finite loss or gradient at step {step}: {values}. Training "
+      f"stopped; the last checkpoint ({'none' if last is None else last}) is "
+      "intact. Lower the learning rates or use float32 and resume.")
+
+
+def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, float]:
+  host = jax.device_get(pending)
+  return {k: float(np.mean([m[k] for m in host]))
+          for k in host[0] if k != "finite"}
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def evaluate(task, eval_step, state, consts, eval_ds, data_sh) -> dict:
+  """Runs the held-out batches and returns summary scalars."""
+  per_example = []
+  for i in range(len(eval_ds)):
+    batch = sharding.put_batch(eval_ds[i], data_sh)
+    per_example.append(jax.device_get(eval_step(state, batch, consts)))
+  merged = {k: np.concatenate([np.atleast_1d(p[k]) for p in per_example])
+            for k in per_example[0]}
+  return task.summarize_eval(merged)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices=None) -> Any:
+  """Trains `config.task` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: the experiment config.
+    workdir: checkpoints, TensorBoard events, samples and config.json go here.
+    devices: devices of the mesh (default: all).
+
+  Returns:
+    The final train state.
+  """
+  tc = config.train
+  task = make_task(config)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  is_primary = process_index == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_primary:
+    _write_config(workdir, config)
+
+  # ------------------------------------------------------------------ mesh
+  mesh = sharding.make_mesh(config.mesh, devices)
+  multiple = sharding.batch_multiple(mesh)
+  for key, size in (("train.batch_size", tc.batch_size),
+                    ("eval.batch_size", config.eval.batch_size)):
+    if size % multiple:
+      raise ValueError(f"config.{key}={size} must be a multiple of the "
+                       f"{multiple} data-parallel devices")
+  data_sh, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  logging.info("Mesh %s over %d devices (%s); %d process(es).",
+               dict(mesh.shape), mesh.devices.size,
+               mesh.devices.flat[0].platform, process_count)
+
+  # ------------------------------------------------------------------ data
+  train_ds = task.train_data(process_index, process_count)
+  train_iter = iter(train_ds)
+  eval_ds = task.eval_data(process_index, process_count)
+
+  # ----------------------------------------------------------------- state
+  rng = jax.random.key(config.seed)
+  shapes = jax.eval_shape(task.init_state, rng)
+  state_sh = sharding.state_shardings(mesh, shapes)
+  manager = checkpoint.make_manager(workdir, max_to_keep=tc.max_to_keep)
+  latest = manager.latest_step()
+  if latest is not None:
+    state = checkpoint.restore(manager, latest,
+                               checkpoint.abstract_like(shapes, state_sh),
+                               train_iter)
+    logging.info("Resumed from the checkpoint of step %d in %s.", latest,
+                 workdir)
+  else:
+    state = jax.jit(task.init_state, out_shardings=state_sh)(rng)
+  consts = jax.device_put(task.constants(), repl)
+  step = int(jax.device_get(state.step))
+
+  # ----------------------------------------------------------------- steps
+  train_step = jax.jit(task.train_step,
+                       in_shardings=(state_sh, data_sh, repl),
+                       out_shardings=(state_sh, repl), donate_argnums=0)
+  eval_step = jax.jit(task.eval_step, in_shardings=(state_sh, data_sh, repl),
+                      out_shardings=repl)
+  sample_fn = jax.jit(task.sample, in_shardings=(state_sh, data_sh, repl),
+                      out_shardings=repl)
+  sample_batch = eval_ds[0]
+
+  def write_samples(step):
+    columns = jax.device_get(sample_fn(
+        state, sharding.put_batch(sample_batch, data_sh), consts))
+    if not is_primary:
+      return
+    grid = task.sample_grid(columns, sample_batch[schema.LANDMARKS])
+    writer.write_images(step, {"samples": grid[None]})
+    writers.write_png(os.path.join(workdir, "samples", f"{step:08d}.png"),
+                      grid)
+
+  def run_eval(step):
+    with timer.timed("eval"):
+      summary = evaluate(task, eval_step, state, consts, eval_ds, data_sh)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in summary.items()})
+    logging.info("eval @ step %d: %s", step, "  ".join(
+        f"{k}={v:.4f}" for k, v in sorted(summary.items())))
+
+  # ------------------------------------------------------- logging, signals
+  writer = writers.create_writer(workdir, is_primary=is_primary,
+                                 console=False,
+                                 purge_step=None if latest is None else step)
+  if latest is None:
+    writer.write_hparams(config.to_dict())
+  progress = progress_lib.Progress(tc.num_steps, step, tc.batch_size,
+                                   every_steps=None, every_secs=None)
+  timer = progress_lib.Timer()
+  watcher = PreemptionWatcher()
+  logging.info("Training %s from step %d to %d, global batch %d.",
+               config.task, step, tc.num_steps, tc.batch_size)
+
+  # ------------------------------------------------------------------ loop
+  pending, previous = [], None
+  preempted = False
+  try:
+    while step < tc.num_steps:
+      with timer.timed("data"):
+        batch = sharding.put_batch(next(train_iter), data_sh)
+      with timer.timed("step"):
+        state, metrics = train_step(state, batch, consts)
+        # Check the previous step while this one runs: no pipeline stall,
+        # and the wait for the device is counted as step time.
+        if previous is not None:
+          _check_finite(previous, step, manager)
+      step += 1
+      progress.update(step)
+      previous = metrics
+      pending.append(metrics)
+      last = step == tc.num_steps
+      preempted = watcher.requested(manager, step)
+
+      if step % tc.log_every == 0 or last:
+        _check_finite(metrics, step, manager)
+        scalars = _mean_metrics(pending)
+        pending = []
+        scalars.update({f"time/{k}": v for k, v in timer.fractions().items()})
+        writer.write_scalars(step, {f"train/{k}": v
+                                    for k, v in scalars.items()})
+        line = progress.format(step)
+        logging.info("%s | g %.4f d %.4f l1 %.4f", line,
+                     scalars.get("g_loss", np.nan),
+                     scalars.get("d_loss", np.nan),
+                     scalars.get("loss/l1", np.nan))
+      if tc.image_every and (step % tc.image_every == 0 or last):
+        write_samples(step)
+      if tc.eval_every and (step % tc.eval_every == 0 or last):
+        run_eval(step)
+      if step % tc.checkpoint_every == 0 or last or preempted:
+        _check_finite(metrics, step, manager)
+        with timer.timed("checkpoint"):
+          checkpoint.save(manager, step, state, train_iter)
+      if preempted:
+        logging.warning(
+            "%s received: checkpoint of step %d saved; run the same command "
+            "again to resume.", watcher.signal_name or "Preemption", step)
+        break
+  finally:
+    watcher.close()
+    manager.wait_until_finished()
+    writer.flush()
+  if not preempted:
+    logging.info("Done: %d steps in %s.", step, workdir)
+  return state

@@ -1,0 +1,1 @@
+"""Importers for published weights (PyTorch, Keras) into jaxface param trees."""
