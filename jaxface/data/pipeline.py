@@ -7,7 +7,7 @@ seeded by (config seed, record, epoch), so a run resumed from a checkpoint
 (which stores the iterator state) sees exactly the batches it would have seen.
 """
 
-from typing import Any, Iterator
+from typing import Any
 
 import grain
 import ml_collections
@@ -107,19 +107,13 @@ def inpaint_eval(config: ml_collections.ConfigDict, *, process_index: int = 0,
   """
   local_batch = _check_batch_size(config.eval.batch_size, process_count)
   source = make_source(config.data, VAL)
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  # Equal shards, so that every process runs the same number of eval steps.
+  per_process = len(source) // process_count
+  ds = grain.MapDataset.source(source)[:per_process * process_count]
+  ds = ds[process_index::process_count]
   ds = ds.map(inpaint_record).batch(local_batch, drop_remainder=True)
   if len(ds) == 0:
     raise ValueError(f"the validation split has fewer records than one eval "
                      f"batch (config.eval.batch_size={config.eval.batch_size})")
   num = config.eval.num_batches
   return ds[:num] if num > 0 else ds
-
-
-def first_batch(ds: grain.MapDataset) -> dict[str, np.ndarray]:
-  return ds[0]
-
-
-def iterate(ds: grain.MapDataset) -> Iterator[dict[str, np.ndarray]]:
-  for i in range(len(ds)):
-    yield ds[i]

@@ -47,7 +47,7 @@ from jaxface.data import schema
 from jaxface.data import wflw
 
 MIN_SIZE, MAX_SIZE = 64, 512
-GENDER_FILTERS = ("all", "female", "male")
+GENDER_FILTERS = schema.GENDER_FILTERS
 # `mask_style` values.
 MASK_STYLES = ("surgical", "cloth", "kn95")
 MAX_YAW, MAX_ROLL = 30.0, 20.0  # degrees

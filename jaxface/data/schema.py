@@ -27,6 +27,8 @@ GENDER = "gender"
 
 FEMALE, MALE = 0, 1
 GENDERS = {"female": FEMALE, "male": MALE}
+# What a `gender` filter of a source or config may say.
+GENDER_FILTERS = ("all", "female", "male")
 
 # Keys whose uint8 host values are images to scale into [0, 1].
 _IMAGE_KEYS = (IMAGE, MASKED_IMAGE)

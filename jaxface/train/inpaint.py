@@ -48,6 +48,38 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
                      f"expected one of {sorted(DTYPES)}") from None
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, naming the config key, on values that cannot work."""
+
+  def check(ok, key, value, expected):
+    if not ok:
+      raise ValueError(f"config.{key}={value!r}: expected {expected}")
+
+  compute_dtype(config)
+  d, t = config.data, config.train
+  check(d.gender in schema.GENDER_FILTERS, "data.gender", d.gender,
+        " | ".join(schema.GENDER_FILTERS))
+  check(d.image_size >= 16 and d.image_size % 4 == 0, "data.image_size",
+        d.image_size, "a multiple of 4 (the generator downsamples twice)")
+  check(config.model.attention_impl in ("auto", "xla", "cudnn"),
+        "model.attention_impl", config.model.attention_impl,
+        "auto | xla | cudnn")
+  for key in ("batch_size", "num_steps", "log_every", "checkpoint_every",
+              "max_to_keep"):
+    check(t[key] > 0, f"train.{key}", t[key], "a positive integer")
+  for key in ("image_every", "eval_every"):
+    check(t[key] >= 0, f"train.{key}", t[key], ">= 0 (0 = never)")
+  for key in ("g_lr", "d_lr"):
+    check(config.optim[key] >= 0, f"optim.{key}", config.optim[key], ">= 0")
+  for key in ("l1", "perceptual", "style", "tv", "adversarial"):
+    check(config.losses[key] >= 0, f"losses.{key}", config.losses[key],
+          ">= 0")
+  for key in ("perceptual_layers", "style_layers"):
+    unknown = [n for n in config.losses[key] if n not in vgg.LAYERS]
+    check(not unknown, f"losses.{key}", tuple(config.losses[key]),
+          f"VGG-19 layer names from {vgg.LAYERS}")
+
+
 @flax.struct.dataclass
 class GANState:
   """Everything that changes during training, as one pytree."""
@@ -70,6 +102,7 @@ class InpaintTask:
   name = "inpaint"
 
   def __init__(self, config: ml_collections.ConfigDict):
+    validate_config(config)
     self.config = config
     dtype = compute_dtype(config)
     g, d = config.model.generator, config.model.discriminator

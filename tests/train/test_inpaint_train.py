@@ -239,3 +239,40 @@ def test_sigterm_saves_and_resume_continues(tmp_path):
   log = again.stdout + again.stderr
   assert f"Resumed from the checkpoint of step {saved}" in log, log
   assert f"Done: {saved + 2} steps" in log, log
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("data.gender", "other", "config.data.gender"),
+    ("data.image_size", 66, "config.data.image_size"),
+    ("compute_dtype", "fp8", "config.compute_dtype"),
+    ("model.attention_impl", "flash", "config.model.attention_impl"),
+    ("train.batch_size", 0, "config.train.batch_size"),
+    ("losses.style_layers", ("relu9_9",), "config.losses.style_layers"),
+])
+def test_bad_config_values_name_the_key(key, value, match):
+  config = tiny_config()
+  section, _, leaf = key.rpartition(".")
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(ValueError, match=match):
+    inpaint.InpaintTask(config)
+
+
+def test_vgg_weights_are_loaded_from_the_configured_file(tmp_path):
+  from jaxface.weights import vgg as vgg_weights  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.losses.vgg_width = 64
+  task = inpaint.InpaintTask(config)
+  params = task.vgg.init(jax.random.key(3), np.zeros((1, 32, 32, 3),
+                                                    np.float32))["params"]
+  path = str(tmp_path / "vgg19.npz")
+  vgg_weights.save_npz(path, jax.device_get(params))
+  config.vgg_weights = path
+  loaded = inpaint.InpaintTask(config).constants()["vgg"]
+  assert _leaves_equal(loaded, params)
+  config.vgg_weights = str(tmp_path / "missing.pth")
+  with pytest.raises(FileNotFoundError, match="missing.pth"):
+    inpaint.InpaintTask(config).constants()
+  config.losses.vgg_width = 16
+  config.vgg_weights = path
+  with pytest.raises(ValueError, match="vgg_width"):
+    inpaint.InpaintTask(config).constants()
