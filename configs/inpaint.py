@@ -50,13 +50,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
   c.data = ml_collections.ConfigDict(dict(
-      source="procedural",   # the embedded default; no files needed
+      # procedural (embedded default, no files) | prepared:DIR | folder:DIR
+      # | celeba:DIR | ffhq:DIR (see jaxface.data.sources)
+      source="procedural",
       image_size=args["size"],
       gender=args["gender"],  # all | male | female
       seed=0,                # which faces the procedural source draws
       num_train=100_000,
       num_val=512,
       flip=True,
+      # Face masks: comma-separated styles of jaxface.data.facemask
+      # (surgical, surgical_pleated, n95, kn95, cloth, cloth_printed,
+      # template, box, freeform); empty = the source's own masks when it has
+      # them (procedural), else the six procedural styles.
+      mask_styles="",
+      mask_templates="",     # a MaskTheFace-format directory for `template`
       num_threads=8,         # host threads decoding/rendering records
       prefetch=8,            # batches read ahead
       worker_count=0,        # >0: grain worker processes

@@ -25,7 +25,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
 
 from jaxface import sharding
@@ -99,11 +98,8 @@ def bench_one(base_config, batch_size: int, dtype: str, attention: str):
   state = jax.jit(task.init_state, out_shardings=state_sh)(jax.random.key(0))
   consts = jax.device_put(task.constants(), repl)
 
-  source = pipeline.make_source(config.data, pipeline.TRAIN)
-  examples = [pipeline.inpaint_record(source[i % len(source)])
-              for i in range(batch_size)]
-  host = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  batch = sharding.put_batch(host, data_sh)
+  batch = sharding.put_batch(
+      pipeline.fixed_batch("inpaint", config, batch_size), data_sh)
 
   step = jax.jit(task.train_step, in_shardings=(state_sh, data_sh, repl),
                  out_shardings=(state_sh, repl), donate_argnums=0)

@@ -295,12 +295,14 @@ class InpaintTask:
 
   # ---------------------------------------------------------------- data
   def train_data(self, process_index: int, process_count: int):
-    return pipeline.inpaint_train(self.config, process_index=process_index,
+    return pipeline.train_dataset("inpaint", self.config,
+                                  process_index=process_index,
                                   process_count=process_count)
 
-  def eval_data(self, process_index: int, process_count: int):
-    return pipeline.inpaint_eval(self.config, process_index=process_index,
-                                 process_count=process_count)
+  def eval_data(self, process_index: int, process_count: int, agree=None):
+    return pipeline.eval_batches("inpaint", self.config,
+                                 process_index=process_index,
+                                 process_count=process_count, agree=agree)
 
   @staticmethod
   def summarize_eval(per_image: dict[str, np.ndarray]) -> dict[str, float]:

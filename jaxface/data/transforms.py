@@ -1,0 +1,116 @@
+"""Host-side geometric transforms of an example (image, masks, landmarks).
+
+Boxes are `(x0, y0, x1, y1)` in pixel-edge coordinates: with integer-centred
+pixels (docs/DEVELOPING.md) the whole image is `(-0.5, -0.5, W - 0.5,
+H - 0.5)`. Cropping a box to `size` maps a landmark by
+`x -> (x - x0) * size / (x1 - x0) - 0.5`, which for the whole image is the
+resize rule `x -> (x + 0.5) * s - 0.5` of `wflw.resize_landmarks`.
+"""
+
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+from jaxface.data import wflw
+
+Box = tuple[float, float, float, float]
+
+# Keys that hold [H, W, ...] arrays moved together with the image.
+_PIXEL_KEYS = ("image", "masked_image", "mask")
+
+
+def full_box(height: int, width: int) -> Box:
+  return (-0.5, -0.5, width - 0.5, height - 0.5)
+
+
+def center_square_box(height: int, width: int) -> Box:
+  """The largest centred square (what LaFIn's data loader crops)."""
+  side = min(height, width)
+  x0 = (width - side) / 2 - 0.5
+  y0 = (height - side) / 2 - 0.5
+  return (x0, y0, x0 + side, y0 + side)
+
+
+def face_box(landmarks: np.ndarray, scale: float = 1.6,
+             y_shift: float = 0.05) -> Box:
+  """A square box around the finite landmarks, `scale` x their extent.
+
+  Centred on the landmarks' bounding box, moved down by `y_shift` of the
+  side (WFLW points stop at the brows, so this keeps the forehead and chin
+  in view). Raises ValueError when no landmark is finite.
+  """
+  pts = landmarks[np.all(np.isfinite(landmarks), axis=-1)]
+  if len(pts) == 0:
+    raise ValueError("no finite landmarks to place a face box")
+  lo, hi = pts.min(axis=0), pts.max(axis=0)
+  side = float(np.max(hi - lo)) * scale
+  cx, cy = (lo + hi) / 2
+  cy += y_shift * side
+  return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+def _crop_pixels(array: np.ndarray, box: Box, size: int,
+                 interpolation: int) -> np.ndarray:
+  """Crops `box` (padding by edge replication outside) and resizes."""
+  h, w = array.shape[:2]
+  # Integer pixel range covering the box, padded where it leaves the image.
+  x0, y0 = int(np.floor(box[0] + 0.5)), int(np.floor(box[1] + 0.5))
+  x1, y1 = int(np.ceil(box[2] + 0.5)), int(np.ceil(box[3] + 0.5))
+  pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
+  if any(pad):
+    array = cv2.copyMakeBorder(array, *pad, cv2.BORDER_REPLICATE)
+    x0, x1, y0, y1 = x0 + pad[2], x1 + pad[2], y0 + pad[0], y1 + pad[0]
+  crop = array[y0:y1, x0:x1]
+  if crop.shape[0] == size and crop.shape[1] == size:
+    return np.ascontiguousarray(crop)
+  out = cv2.resize(crop, (size, size), interpolation=interpolation)
+  return out.reshape(size, size, *array.shape[2:])
+
+
+def crop_and_resize(example: Mapping[str, np.ndarray], box: Box,
+                    size: int) -> dict[str, np.ndarray]:
+  """Crops every pixel array of `example` to `box` and resizes to `size`.
+
+  The box is snapped to whole pixels (so no resampling happens when no
+  resize is needed); landmarks follow the snapped box exactly. Shrinking uses
+  area averaging (no aliasing), enlarging bilinear; binary masks use nearest.
+  """
+  x0 = np.floor(box[0] + 0.5) - 0.5
+  y0 = np.floor(box[1] + 0.5) - 0.5
+  side_x = np.ceil(box[2] + 0.5) - 0.5 - x0
+  side_y = np.ceil(box[3] + 0.5) - 0.5 - y0
+  snapped = (x0, y0, x0 + side_x, y0 + side_y)
+  out = dict(example)
+  for key in _PIXEL_KEYS:
+    if key not in example:
+      continue
+    array = example[key]
+    if key == "mask":
+      interp = cv2.INTER_NEAREST
+    elif side_x > size:
+      interp = cv2.INTER_AREA
+    else:
+      interp = cv2.INTER_LINEAR
+    out[key] = _crop_pixels(array, snapped, size, interp)
+  if "landmarks" in example:
+    lm = np.asarray(example["landmarks"], np.float32)
+    scale = np.array([size / side_x, size / side_y], np.float32)
+    out["landmarks"] = ((lm - np.array([x0, y0], np.float32)) * scale
+                        - 0.5).astype(np.float32)
+  return out
+
+
+def hflip(example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Mirrors the pixel arrays; landmarks are mirrored and re-indexed."""
+  out = dict(example)
+  width = example["image"].shape[1]
+  for key in _PIXEL_KEYS:
+    if key in example:
+      out[key] = np.ascontiguousarray(example[key][:, ::-1])
+  if "landmarks" in example:
+    out["landmarks"] = wflw.flip_landmarks(example["landmarks"], width)
+  if "landmarks_approx" in example:
+    out["landmarks_approx"] = example["landmarks_approx"][
+        wflw.FLIP_PERMUTATION]
+  return out

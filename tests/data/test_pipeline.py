@@ -1,0 +1,201 @@
+"""grain pipelines: per-task examples, determinism, resume, bad files."""
+
+import csv
+import logging
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from jaxface.data import masked_faces
+from jaxface.data import pipeline
+from jaxface.data import procedural
+from jaxface.data import schema
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from configs import inpaint as inpaint_config  # pylint: disable=g-import-not-at-top
+
+
+def make_folder(root: pathlib.Path, n: int = 12, size: int = 96,
+                corrupt: bool = False) -> str:
+  """n procedural faces as JPEGs with a labels.csv (gender, 98 points)."""
+  faces = procedural.ProceduralFaces(size=size, num_records=n, seed=5)
+  with open(root / "labels.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["file", "gender"] + [f"{a}{i}" for i in range(98)
+                                     for a in ("x", "y")])
+    for i in range(n):
+      r = faces[i]
+      (root / f"{i:03d}.jpg").write_bytes(
+          masked_faces.encode_image(r["image"], "jpeg", 95))
+      w.writerow([f"{i:03d}.jpg", "male" if r["gender"] else "female"]
+                 + [f"{v:.3f}" for v in r["landmarks"].reshape(-1)])
+  if corrupt:
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  return f"folder:{root},splits=1/0/0"
+
+
+def config_for(source: str, size: int = 64, batch: int = 4, **data):
+  c = inpaint_config.get_config("tiny")
+  c.data.source = source
+  c.data.image_size = size
+  c.train.batch_size = batch
+  c.eval.batch_size = batch
+  c.data.num_threads = 1
+  c.data.prefetch = 1
+  c.data.update(data)
+  return c
+
+
+@pytest.mark.parametrize("task", pipeline.TASKS)
+def test_every_task_yields_its_contract(tmp_path, task):
+  c = config_for(make_folder(tmp_path), size=64,
+                 mask_styles="surgical,n95,cloth_printed")
+  batch = next(iter(pipeline.train_dataset(task, c)))
+  assert batch[schema.IMAGE].shape == (4, 64, 64, 3)
+  assert batch[schema.IMAGE].dtype == np.uint8
+  if task != "gender":
+    assert batch[schema.MASK].shape == (4, 64, 64, 1)
+    assert set(np.unique(batch[schema.MASK])) <= {0, 1}
+    assert batch[schema.MASK].mean() > 0.05
+  if task in ("inpaint", "landmarks"):
+    assert batch[schema.LANDMARKS].shape == (4, 98, 2)
+    assert np.all(np.isfinite(batch[schema.LANDMARKS]))
+  if task in ("inpaint", "gender"):
+    assert set(batch[schema.GENDER]) <= {0, 1}
+
+
+def test_inpaint_image_is_clean_and_segment_image_wears_the_mask(tmp_path):
+  c = config_for(make_folder(tmp_path), flip=False, mask_styles="surgical")
+  inp = pipeline.fixed_batch("inpaint", c, 2)
+  seg = pipeline.fixed_batch("segment", c, 2)
+  np.testing.assert_array_equal(inp[schema.MASK], seg[schema.MASK])
+  hole = seg[schema.MASK][..., 0] == 1
+  outside = seg[schema.MASK][..., 0] == 0
+  changed = np.any(inp[schema.IMAGE] != seg[schema.IMAGE], axis=-1)
+  assert changed[hole].mean() > 0.9
+  # Outside the mask (away from its soft edge) the pixels are untouched.
+  assert changed[outside].mean() < 0.05
+
+
+def test_examples_depend_only_on_record_and_epoch(tmp_path):
+  source = make_folder(tmp_path)
+  c = config_for(source)
+  maker = pipeline.ExampleMaker(
+      "inpaint", c.data, pipeline.make_source(c.data, "train"),
+      pipeline.make_renderer(c.data), seed=c.seed, augment=True)
+  n = maker.num_records
+  a = maker(0, 3)               # record 3, epoch 0
+  b = maker(5, 3)               # same record and epoch, another position
+  c_ = maker(n + 1, 3)          # record 3 in epoch 1
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not all(np.array_equal(a[k], c_[k]) for k in a)
+
+
+def test_same_batches_for_same_seed_and_different_for_another(tmp_path):
+  source = make_folder(tmp_path)
+  first = [next(iter(pipeline.train_dataset("inpaint", config_for(source))))
+           for _ in range(2)]
+  for key in first[0]:
+    np.testing.assert_array_equal(first[0][key], first[1][key])
+  other = config_for(source)
+  other.seed = 9
+  batch = next(iter(pipeline.train_dataset("inpaint", other)))
+  assert not np.array_equal(batch[schema.IMAGE], first[0][schema.IMAGE])
+
+
+def test_restored_iterator_yields_the_same_next_batch(tmp_path):
+  c = config_for(make_folder(tmp_path))
+  it = iter(pipeline.train_dataset("inpaint", c))
+  for _ in range(5):  # past the end of the first epoch (12 records)
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  it2 = iter(pipeline.train_dataset("inpaint", c))
+  it2.set_state(state)
+  for want in expected:
+    got = next(it2)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_corrupt_jpeg_is_skipped_with_a_warning(tmp_path, caplog):
+  source = make_folder(tmp_path, n=12, corrupt=True)
+  c = config_for(source, batch=4)
+  with caplog.at_level(logging.WARNING):
+    it = iter(pipeline.train_dataset("inpaint", c))
+    batches = [next(it) for _ in range(6)]  # two epochs of 12 good images
+  assert "broken.jpg" in caplog.text
+  for b in batches:
+    assert b[schema.IMAGE].shape[0] == 4
+
+
+def test_per_process_shards_are_disjoint(tmp_path):
+  c = config_for(make_folder(tmp_path, n=12), batch=4, flip=False)
+  seen = []
+  for index in range(2):
+    ds = pipeline.train_dataset("segment", c, process_index=index,
+                                process_count=2)
+    it = iter(ds)
+    seen.append({next(it)[schema.IMAGE].tobytes() for _ in range(3)})
+  # Each process's 3 batches of 2 cover its 6 records; no image is shared.
+  assert not seen[0] & seen[1]
+
+
+def test_eval_batches_are_fixed(tmp_path):
+  c = config_for(make_folder(tmp_path, n=12), batch=4)
+  c.eval.num_batches = 2
+  first = pipeline.eval_batches("inpaint", c, split="train")
+  again = pipeline.eval_batches("inpaint", c, split="train")
+  assert len(first) == 2
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a[schema.IMAGE], b[schema.IMAGE])
+    np.testing.assert_array_equal(a[schema.MASK], b[schema.MASK])
+
+
+def test_gender_task_drops_unlabelled_records(tmp_path):
+  source = make_folder(tmp_path, n=8)
+  rows = list(csv.reader(open(tmp_path / "labels.csv")))
+  for row in rows[1:5]:
+    row[1] = ""  # unknown gender
+  with open(tmp_path / "labels.csv", "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+  c = config_for(source, batch=4)
+  batch = next(iter(pipeline.train_dataset("gender", c)))
+  assert set(batch[schema.GENDER]) <= {0, 1}
+
+
+def test_bad_source_names_the_config_key():
+  c = config_for("nowhere:/x")
+  with pytest.raises(ValueError, match="config.data.source"):
+    pipeline.train_dataset("inpaint", c)
+  c = config_for("procedural", mask_styles="surgical,disco")
+  with pytest.raises(ValueError, match="mask_styles"):
+    pipeline.train_dataset("inpaint", c)
+
+
+def test_procedural_default_uses_its_own_masks():
+  c = config_for("procedural", size=64)
+  batch = pipeline.fixed_batch("inpaint", c, 2)
+  source = pipeline.make_source(c.data, "train")
+  np.testing.assert_array_equal(batch[schema.MASK][0, ..., 0],
+                                source[0][schema.MASK])
+
+
+def test_grain_workers_produce_the_same_batches(tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  c = config_for(make_folder(tmp_path, n=12))
+  want = [b for _, b in zip(range(3), iter(pipeline.train_dataset(
+      "inpaint", c)))]
+  c.data.worker_count = 2
+  it = iter(pipeline.train_dataset("inpaint", c))
+  got = [next(it) for _ in range(3)]
+  it.close()
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a[schema.IMAGE], b[schema.IMAGE])
+
