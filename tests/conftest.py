@@ -20,3 +20,33 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} is absent (fresh clone): real-data test skipped")
   return SHARED_DATA
+
+
+@pytest.fixture
+def torch_vgg19():
+  """A PyTorch VGG-19 laid out like torchvision's (no torchvision needed).
+
+  `features` has torchvision's indices (convs at 0, 2, 5, ...), so its state
+  dict has the keys and shapes of `vgg19-dcbb9e9d.pth`; the classifier is a
+  small stand-in that importers must ignore. He-initialised so activations
+  stay O(1) through all 16 convs. Skips without torch.
+  """
+  torch = pytest.importorskip("torch")
+  nn = torch.nn
+  torch.manual_seed(0)
+  layers, channels = [], 3
+  for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+            512, 512, 512, 512, "M", 512, 512, 512, 512, "M"):
+    if v == "M":
+      layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    else:
+      conv = nn.Conv2d(channels, v, kernel_size=3, padding=1)
+      nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+      nn.init.normal_(conv.bias, std=0.1)
+      layers += [conv, nn.ReLU(inplace=False)]
+      channels = v
+  model = nn.Module()
+  model.features = nn.Sequential(*layers)
+  model.classifier = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Dropout(),
+                                   nn.Linear(8, 4))
+  return model.eval()

@@ -79,6 +79,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from jaxface.data import curves
 from jaxface.data import wflw
 
 PROCEDURAL_STYLES = ("surgical", "surgical_pleated", "n95", "kn95", "cloth",
@@ -136,27 +137,8 @@ class RenderedMask:
 # Small geometry helpers.
 
 
-def _spline(points: np.ndarray, samples: int) -> np.ndarray:
-  """Uniform Catmull-Rom curve through [N, 2] points (ends included)."""
-  p = np.asarray(points, np.float64)
-  if len(p) < 3:
-    return p
-  ext = np.concatenate([2 * p[:1] - p[1:2], p, 2 * p[-1:] - p[-2:-1]])
-  p0, p1, p2, p3 = (ext[i:len(ext) - 3 + i, None] for i in range(4))
-  t = (np.arange(samples) / samples)[None, :, None]  # [1, T, 1]
-  out = 0.5 * (2 * p1 + (p2 - p0) * t
-               + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t
-               + (3 * p1 - p0 - 3 * p2 + p3) * t * t * t)
-  return np.concatenate([out.reshape(-1, 2), p[-1:]])
 
 
-def _resample(curve: np.ndarray, n: int) -> np.ndarray:
-  """`n` points evenly spaced by arc length along a polyline [M, 2]."""
-  seg = np.sqrt(np.sum(np.diff(curve, axis=0) ** 2, axis=-1))
-  s = np.concatenate([[0.0], np.cumsum(seg)])
-  t = np.linspace(0.0, s[-1], n)
-  return np.stack([np.interp(t, s, curve[:, 0]),
-                   np.interp(t, s, curve[:, 1])], -1)
 
 
 def _at(curve: np.ndarray, index) -> np.ndarray:
@@ -943,9 +925,9 @@ class FaceMaskRenderer:
     side = side + shift
     unders = [p + shift for p in unders]
     top = top + shift
-    top_curve = _spline(np.array([side[0], unders[0], top, unders[1],
+    top_curve = curves.catmull_rom(np.array([side[0], unders[0], top, unders[1],
                                   side[-1]]), 8)
-    bottom_curve = _spline(side, 3)  # left -> right
+    bottom_curve = curves.catmull_rom(side, 3)  # left -> right
     outline = np.concatenate([top_curve, bottom_curve[::-1][1:-1]])
     # Anchors of the mask's frame: top, bottom (under the chin), cheeks.
     anchor_t = top
@@ -983,7 +965,7 @@ class FaceMaskRenderer:
         bulge_top, bulge_low = up * (0.025 * fs), D * (0.02 * fs)
       for a, e, b in ((a_top, e_top, bulge_top), (a_low, e_low, bulge_low)):
         mid = 0.5 * (a + e) + b * vis
-        loops.append(_spline(np.array([a, mid, e]), 6))
+        loops.append(curves.catmull_rom(np.array([a, mid, e]), 6))
 
     box = _bounds(np.concatenate([outline] + loops), thick + 3, image.shape)
     if box is None:  # the mask lies outside the image
@@ -1189,7 +1171,7 @@ class FaceMaskRenderer:
       # Dotted weld a little inside the edge.
       centre = poly_tex.mean(0)
       inset = centre + (poly_tex - centre) * (1.0 - 2.5 * band / max(th, tw))
-      dots = _resample(np.concatenate([inset, inset[:1]]),
+      dots = curves.resample_polyline(np.concatenate([inset, inset[:1]]),
                        int(np.clip(len(inset) * 2, 40, 240)))
       pitch = max(2.0, 0.02 * unit)
       seg = np.hypot(*np.diff(dots, axis=0).T).sum() / len(dots)
@@ -1216,7 +1198,7 @@ class FaceMaskRenderer:
       if rng.random() < 0.5:  # hem stitching
         centre = poly_tex.mean(0)
         inset = centre + (poly_tex - centre) * (1.0 - 3.0 * band / max(th, tw))
-        pts = _resample(np.concatenate([inset, inset[:1]]), 120)
+        pts = curves.resample_polyline(np.concatenate([inset, inset[:1]]), 120)
         stitch = np.zeros((th, tw), np.float32)
         segs = [np.round(pts[i:i + 2] * 16).astype(np.int32)
                 for i in range(0, len(pts) - 1, 2)]

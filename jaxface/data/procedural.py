@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from jaxface.data import curves
 from jaxface.data import schema
 from jaxface.data import wflw
 
@@ -88,27 +89,8 @@ def _colour(rgb) -> tuple[int, int, int]:
   return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
-def _spline(points: np.ndarray, samples: int = 6) -> np.ndarray:
-  """Uniform Catmull-Rom curve through [N, 2] points (ends included)."""
-  p = np.asarray(points, np.float64)
-  if len(p) < 3:
-    return p
-  ext = np.concatenate([2 * p[:1] - p[1:2], p, 2 * p[-1:] - p[-2:-1]])
-  p0, p1, p2, p3 = (ext[i:len(ext) - 3 + i, None] for i in range(4))
-  t = (np.arange(samples) / samples)[None, :, None]  # [1, T, 1]
-  out = 0.5 * (2 * p1 + (p2 - p0) * t
-               + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t
-               + (3 * p1 - p0 - 3 * p2 + p3) * t * t * t)
-  return np.concatenate([out.reshape(-1, 2), p[-1:]])
 
 
-def _resample(curve: np.ndarray, n: int) -> np.ndarray:
-  """`n` points evenly spaced by arc length along a polyline [M, 2]."""
-  seg = np.sqrt(np.sum(np.diff(curve, axis=0) ** 2, axis=-1))
-  s = np.concatenate([[0.0], np.cumsum(seg)])
-  t = np.linspace(0.0, s[-1], n)
-  return np.stack([np.interp(t, s, curve[:, 0]),
-                   np.interp(t, s, curve[:, 1])], -1)
 
 
 def _lerp(a, b, t):
@@ -241,7 +223,7 @@ def _jaw_curve(p) -> np.ndarray:
   x = -p.a * np.sign(c) * np.abs(c) ** e
   y = p.chin * np.abs(s) ** e
   x = x * (1.0 - p.jaw_taper * (y / p.chin) ** 2)
-  return _resample(np.stack([x, y], -1), 33)
+  return curves.resample_polyline(np.stack([x, y], -1), 33)
 
 
 def _template(p) -> np.ndarray:
@@ -600,7 +582,7 @@ def _draw_face(p, painter: _Painter, lm: np.ndarray, yaw: float,
   bridge = np.array([lm[52], lm[53], lm[54] + [0.0, -0.03]])
   bridge = bridge + [side * 0.035, 0.0]
   pt.line(H(bridge), 0.008, dark(0.88))
-  pt.line(H(_spline(lm[55:60], 4)), 0.014, dark(0.72))
+  pt.line(H(curves.catmull_rom(lm[55:60], 4)), 0.014, dark(0.72))
   for a in (56, 58):
     centre = _lerp(lm[a], lm[57], 0.35) + [0.0, -0.012]
     pt.poly(H(_ellipse(centre, 0.022 * max(0.4, math.cos(yaw)), 0.011, 12)),
@@ -609,8 +591,8 @@ def _draw_face(p, painter: _Painter, lm: np.ndarray, yaw: float,
   # Eyes.
   for eye, pupil in ((wflw.LEFT_EYE, 96), (wflw.RIGHT_EYE, 97)):
     e = lm[eye]
-    upper = _spline(e[0:5], 5)
-    lower = _spline(np.concatenate([e[4:], e[:1]]), 5)
+    upper = curves.catmull_rom(e[0:5], 5)
+    lower = curves.catmull_rom(np.concatenate([e[4:], e[:1]]), 5)
     pt.poly(H(np.concatenate([upper, lower[1:-1]])), (245, 243, 238))
     r = p.iris_r
     squeeze = max(0.5, math.cos(yaw))
@@ -626,23 +608,23 @@ def _draw_face(p, painter: _Painter, lm: np.ndarray, yaw: float,
             _colour(skin))
     pt.line(H(upper - [0.0, 0.006]), 0.014 if male else 0.02, (30, 22, 20))
     pt.line(H(lower[1:-1]), 0.006, dark(0.7))
-    crease = _spline(e[0:5], 4)[2:-2] - [0.0, p.eye_up * 0.9 + 0.015]
+    crease = curves.catmull_rom(e[0:5], 4)[2:-2] - [0.0, p.eye_up * 0.9 + 0.015]
     pt.line(H(crease), 0.006, dark(0.8))
 
   # Brows.
   for brow in (wflw.LEFT_BROW, wflw.RIGHT_BROW):
     b = lm[brow]
-    top = _spline(b[:5], 4)
-    bottom = _spline(np.concatenate([b[4:5], b[5:], b[:1]]), 4)
+    top = curves.catmull_rom(b[:5], 4)
+    bottom = curves.catmull_rom(np.concatenate([b[4:5], b[5:], b[:1]]), 4)
     pt.poly(H(np.concatenate([top, bottom[1:-1]])), hair_dark)
 
   # Mouth.
   lip = _colour(_lerp(skin * 0.9, p.lip_red, p.lip_mix))
   lip_dark = _colour(_lerp(skin * 0.8, p.lip_red * 0.85, p.lip_mix))
-  outer_up = _spline(lm[76:83], 4)
-  outer_low = _spline(np.concatenate([lm[82:88], lm[76:77]]), 4)
-  inner_up = _spline(lm[88:93], 4)
-  inner_low = _spline(np.concatenate([lm[92:96], lm[88:89]]), 4)
+  outer_up = curves.catmull_rom(lm[76:83], 4)
+  outer_low = curves.catmull_rom(np.concatenate([lm[82:88], lm[76:77]]), 4)
+  inner_up = curves.catmull_rom(lm[88:93], 4)
+  inner_low = curves.catmull_rom(np.concatenate([lm[92:96], lm[88:89]]), 4)
   pt.poly(H(np.concatenate([outer_up, outer_low[1:-1]])), lip)
   pt.poly(H(np.concatenate([outer_up, inner_up[::-1]])), lip_dark)
   if p.open > 0.015:
@@ -683,7 +665,7 @@ def _draw_face(p, painter: _Painter, lm: np.ndarray, yaw: float,
     ])
     pt.poly(H(front), hair)
     # A few strands between the hairline and the crown.
-    crown = _resample(cap[len(cap) // 4:-(len(cap) // 4)][::-1], len(hl))
+    crown = curves.resample_polyline(cap[len(cap) // 4:-(len(cap) // 4)][::-1], len(hl))
     for t, colour in ((0.35, hair_light), (0.7, hair_dark)):
       pt.line(H(_lerp(hl, crown, t)), 0.008, colour)
   return {"ears": ears}
@@ -708,8 +690,8 @@ def _draw_mask(p, painter: _Painter, lm: np.ndarray, ears, alpha_draw,
   nose = _lerp(lm[51], lm[53], p.mask_top) + [0.0, -0.01]
   under_l = _lerp(lm[66], lm[67], 0.3) + [0.0, 0.07]
   under_r = _lerp(lm[74], lm[73], 0.3) + [0.0, 0.07]
-  top = _spline(np.array([side[0], under_l, nose, under_r, side[-1]]), 6)
-  bottom = _spline(side[::-1], 2)  # right -> left
+  top = curves.catmull_rom(np.array([side[0], under_l, nose, under_r, side[-1]]), 6)
+  bottom = curves.catmull_rom(side[::-1], 2)  # right -> left
   body = np.concatenate([top, bottom[1:-1]])
   colour = p.mask_colour
   # Loops: from the top and bottom corners to the ears.
@@ -726,15 +708,15 @@ def _draw_mask(p, painter: _Painter, lm: np.ndarray, ears, alpha_draw,
   loop_colour = _colour(colour * 0.92 if p.mask_style else [240, 240, 240])
   min_px = 1.6 * pt.canvas / p.size  # at least ~1.6 output pixels wide
   for loop in loops:
-    curve = _spline(loop, 4)
+    curve = curves.catmull_rom(loop, 4)
     pt.line(H(curve), 0.012, loop_colour, min_px=min_px)
     pt.line(H(curve), 0.012, 255, draw=alpha_draw, min_px=min_px)
   pt.poly(H(body), _colour(colour))
   pt.poly(H(body), 255, draw=alpha_draw)
   # Shading and details, inside the body.
   n = 24
-  top_r = _resample(top, n)
-  bottom_r = _resample(bottom[::-1], n)
+  top_r = curves.resample_polyline(top, n)
+  bottom_r = curves.resample_polyline(bottom[::-1], n)
   shade = _colour(colour * 0.86)
   if p.mask_style == 0:
     for t in (0.3, 0.5, 0.7):
@@ -744,7 +726,7 @@ def _draw_mask(p, painter: _Painter, lm: np.ndarray, ears, alpha_draw,
   else:
     seam = np.array([nose + [0.0, 0.02], _lerp(nose, bottom_r[n // 2], 0.5),
                      bottom_r[n // 2] + [0.0, -0.02]])
-    pt.line(H(_spline(seam, 4)), 0.008, shade)
+    pt.line(H(curves.catmull_rom(seam, 4)), 0.008, shade)
     if p.mask_style == 2:  # heat-welded side lines
       for i in (3, n - 4):
         pt.line(H(_lerp(top_r[i], bottom_r[i], np.array([[0.1], [0.9]]))),

@@ -8,44 +8,18 @@ import pytest
 from jaxface.models import vgg
 from jaxface.weights import vgg as vgg_weights
 
-# torchvision vgg19 `features` (cfg 'E'): numbers are conv channels, 'M' pools.
-_TORCHVISION_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M',
-                    512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M')
-# `features` index of the ReLU that produces each named activation.
+# torchvision `features` index of each ReLU (the module after its conv).
 _RELU_INDEX = {name: i + 1 for name, i in vgg.TORCHVISION_CONV_INDEX.items()}
 
 
-def _torch_vgg19_features(torch):
-  """nn.Sequential laid out exactly like torchvision's `vgg19().features`."""
-  nn = torch.nn
-  layers, channels = [], 3
-  for v in _TORCHVISION_CFG:
-    if v == 'M':
-      layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-    else:
-      layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1),
-                 nn.ReLU(inplace=False)]
-      channels = v
-  return nn.Sequential(*layers)
-
-
-@pytest.fixture(scope='module')
-def torch_reference(tmp_path_factory):
+@pytest.fixture
+def torch_reference(tmp_path, torch_vgg19):
   """(torch features, path of its legacy-format torchvision-style .pth)."""
   torch = pytest.importorskip('torch')
-  torch.manual_seed(0)
-  model = torch.nn.Module()
-  model.features = _torch_vgg19_features(torch)
-  model.classifier = torch.nn.Sequential(torch.nn.Linear(8, 2))
-  # He init keeps activations O(1) through 16 layers, so the tolerance below
-  # is meaningful at every depth (torch's default init shrinks them).
-  for m in model.features:
-    if isinstance(m, torch.nn.Conv2d):
-      torch.nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
-      torch.nn.init.normal_(m.bias, std=0.1)
-  model.eval()
-  path = tmp_path_factory.mktemp('vgg') / 'vgg19.pth'
-  torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+  path = tmp_path / 'vgg19.pth'
+  torch.save(torch_vgg19.state_dict(), path,
+             _use_new_zipfile_serialization=False)
+  model = torch_vgg19
   return model.features, path
 
 

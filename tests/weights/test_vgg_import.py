@@ -12,39 +12,15 @@ from jaxface.models import vgg as vgg_model
 from jaxface.weights import npz
 from jaxface.weights import vgg
 
-_TORCHVISION_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M',
-                    512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M')
 _CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 
 
-def _torchvision_like_vgg19(torch):
-  """A module whose state dict has torchvision vgg19's keys and shapes."""
-  nn = torch.nn
-  layers, channels = [], 3
-  for v in _TORCHVISION_CFG:
-    if v == 'M':
-      layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-    else:
-      layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1),
-                 nn.ReLU(inplace=True)]
-      channels = v
-  model = nn.Module()
-  model.features = nn.Sequential(*layers)
-  # torchvision's classifier is 25088 -> 4096 -> 4096 -> 1000; a small one is
-  # enough to check that it is ignored.
-  model.classifier = nn.Sequential(nn.Linear(16, 8), nn.ReLU(True),
-                                   nn.Dropout(), nn.Linear(8, 4))
-  return model
+@pytest.fixture
+def torch_state_dict(torch_vgg19):
+  return torch_vgg19.state_dict()
 
 
-@pytest.fixture(scope='module')
-def torch_state_dict():
-  torch = pytest.importorskip('torch')
-  torch.manual_seed(0)
-  return _torchvision_like_vgg19(torch).state_dict()
-
-
-@pytest.fixture(scope='module')
+@pytest.fixture
 def legacy_pth(torch_state_dict, tmp_path_factory):
   """The state dict in the legacy format, like `vgg19-dcbb9e9d.pth`."""
   import torch  # pylint: disable=g-import-not-at-top

@@ -29,7 +29,7 @@ from jaxface.data.teachers.base import LandmarkTeacher
 from jaxface.data.teachers.gender import GenderTeacher
 from jaxface.data.teachers.mediapipe_teacher import MediaPipeTeacher
 from jaxface.data.teachers.mesh import mesh_to_wflw
-from jaxface.data.teachers.mesh import resample_polyline
+from jaxface.data.curves import resample_polyline
 from jaxface.data.teachers.sparse import from_5
 from jaxface.data.teachers.sparse import from_68
 from jaxface.data.teachers.sparse import MEAN_SHAPE

@@ -53,6 +53,7 @@ their position along it follows WFLW's even spacing only approximately.
 
 import numpy as np
 
+from jaxface.data.curves import resample_polyline
 from jaxface.data import wflw
 
 NUM_MESH = 468
@@ -145,32 +146,6 @@ APPROXIMATE[list(EXACT)] = False
 APPROXIMATE.setflags(write=False)
 
 
-def resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
-  """`n` points evenly spaced by arc length along a polyline, ends included.
-
-  Args:
-    points: [M, 2] vertices, M >= 1.
-    n: number of points wanted (>= 2, or 1 for the first vertex).
-
-  Returns:
-    [n, 2] float64. Repeated vertices (zero-length segments) are fine.
-  """
-  points = np.asarray(points, np.float64)
-  if points.ndim != 2 or points.shape[0] < 1:
-    raise ValueError(f"expected [M, 2] points, got {points.shape}")
-  if n < 1:
-    raise ValueError(f"n must be positive, got {n}")
-  if n == 1:
-    return points[:1].copy()
-  seg = np.sqrt(np.sum(np.diff(points, axis=0) ** 2, axis=-1))
-  s = np.concatenate([[0.0], np.cumsum(seg)])
-  if s[-1] <= 0:
-    return np.repeat(points[:1], n, axis=0)
-  t = np.linspace(0.0, s[-1], n)
-  # np.interp needs strictly increasing abscissae for a clean answer at
-  # repeated vertices; it takes the last of equal ones, which is harmless.
-  return np.stack([np.interp(t, s, points[:, 0]),
-                   np.interp(t, s, points[:, 1])], -1)
 
 
 def _trim_at_level(chain: np.ndarray, down: np.ndarray, level: float
