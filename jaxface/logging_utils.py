@@ -9,6 +9,8 @@ their warnings and errors but drops their INFO chatter (pass `--verbose` to
 import logging
 import os
 
+from absl import logging as absl_logging
+
 _NOISY = tuple(os.sep + name + os.sep for name in (
     "orbax", "grain", "tensorstore", "etils", "array_record"))
 _NOISY_FILES = ("xla_bridge.py",)
@@ -25,7 +27,8 @@ class _LibraryInfoFilter(logging.Filter):
 
 
 def quiet_libraries() -> None:
-  """Installs the filter on the absl logger (idempotent)."""
-  logger = logging.getLogger("absl")
-  if not any(isinstance(f, _LibraryInfoFilter) for f in logger.filters):
-    logger.addFilter(_LibraryInfoFilter())
+  """Installs the filter on absl's handler, which prints every library's
+  records (idempotent)."""
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())

@@ -20,7 +20,8 @@ exactly the batches it would have seen.
 Tasks and their examples:
   inpaint:   image (clean), mask (the hole), landmarks, gender
   landmarks: image (wearing the mask), mask, landmarks
-  segment:   image (wearing the mask), mask (the segmentation target)
+  segment:   image (wearing the mask), mask (the segmentation target),
+             mask_style
   gender:    image (wearing the mask), gender (records without a label are
              dropped)
 """
@@ -100,6 +101,13 @@ class ExampleMaker:
     self.seed = seed
     self.num_records = len(source)
 
+  def _source_style(self, index: int) -> int:
+    """A source's own style index as an index of `facemask.STYLES`."""
+    names = getattr(self.source, "mask_style_names", None)
+    if names is None or index < 0:
+      return -1
+    return facemask.STYLE_ID.get(names[index], -1)
+
   def __call__(self, index: int, record_index: int) -> dict | None:
     epoch = index // self.num_records
     record = self.source[int(record_index)]
@@ -126,6 +134,9 @@ class ExampleMaker:
       rendered = self.renderer(example["image"], landmarks, rng)
       example["masked_image"] = rendered.masked_image
       example["mask"] = rendered.mask
+      style = np.int32(rendered.style)
+    else:  # the source's own mask (the procedural faces draw one)
+      style = np.int32(self._source_style(record.get("mask_style", -1)))
     gender = np.int32(record.get("gender", -1))
     mask = example["mask"]
     if mask.ndim == 2:
@@ -140,7 +151,8 @@ class ExampleMaker:
       return {schema.IMAGE: example["masked_image"], schema.MASK: mask,
               schema.LANDMARKS: landmarks.astype(np.float32)}
     if self.task == "segment":
-      return {schema.IMAGE: example["masked_image"], schema.MASK: mask}
+      return {schema.IMAGE: example["masked_image"], schema.MASK: mask,
+              schema.MASK_STYLE: style}
     if gender < 0:
       return None
     return {schema.IMAGE: example["masked_image"], schema.GENDER: gender}

@@ -829,6 +829,9 @@ class ProceduralFaces:
   A smoke-test source, not a benchmark (see the module docstring).
   """
 
+  # What the `mask_style` values name (`facemask.STYLES` has the same names).
+  mask_style_names = MASK_STYLES
+
   def __init__(self, size: int = 256, num_records: int = 100_000,
                seed: int = 0, gender: str = "all"):
     """Creates the source; nothing is drawn until a record is read.

@@ -10,6 +10,7 @@ keys (a task uses the subset it needs):
 | `mask`         | [B, H, W, 1] float32     | 1 in the hole / on the face mask      |
 | `landmarks`    | [B, 98, 2] float32       | WFLW points, pixel (x, y)             |
 | `gender`       | [B] int32                | 0 female, 1 male                      |
+| `mask_style`   | [B] int32                | `facemask.STYLES` index (-1 unknown)  |
 
 Host pipelines keep images as uint8 (4x less to move); `to_float` converts
 on the device side.
@@ -24,6 +25,7 @@ MASKED_IMAGE = "masked_image"
 MASK = "mask"
 LANDMARKS = "landmarks"
 GENDER = "gender"
+MASK_STYLE = "mask_style"
 
 FEMALE, MALE = 0, 1
 GENDERS = {"female": FEMALE, "male": MALE}

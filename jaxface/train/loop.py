@@ -184,8 +184,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  workdir)
   else:
     state = jax.jit(task.init_state, out_shardings=state_sh)(rng)
-  consts = jax.device_put(task.constants(), repl)
   step = int(jax.device_get(state.step))
+  if step >= tc.num_steps:
+    logging.info("%s is already trained to step %d (config.train.num_steps="
+                 "%d); raise num_steps to train on.", workdir, step,
+                 tc.num_steps)
+    if hasattr(train_iter, "close"):
+      train_iter.close()
+    return state
+  consts = jax.device_put(task.constants(), repl)
 
   # ----------------------------------------------------------------- steps
   train_step = jax.jit(task.train_step,

@@ -199,3 +199,14 @@ def test_grain_workers_produce_the_same_batches(tmp_path):
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a[schema.IMAGE], b[schema.IMAGE])
 
+
+
+def test_segment_examples_carry_the_mask_style(tmp_path):
+  from jaxface.data import facemask  # pylint: disable=g-import-not-at-top
+  c = config_for(make_folder(tmp_path), mask_styles="kn95")
+  batch = pipeline.fixed_batch("segment", c, 2)
+  assert list(batch[schema.MASK_STYLE]) == [facemask.STYLE_ID["kn95"]] * 2
+  c = config_for("procedural")
+  batch = pipeline.fixed_batch("segment", c, 4)
+  names = {facemask.STYLES[i] for i in batch[schema.MASK_STYLE]}
+  assert names <= set(procedural.MASK_STYLES)
