@@ -44,7 +44,7 @@ def sheet(source: str, n: int, size: int, *, split: str = "train",
     order = np.random.default_rng(seed).permutation(order)
   for i in order:
     example = maker(0, i)
-    if example is None:
+    if not example:
       continue
     face = example["image"].astype(np.float32) / 255
     if landmarks:

@@ -40,6 +40,9 @@ from jaxface.data import sources
 from jaxface.data import transforms
 
 TRAIN, VAL, TEST = "train", "val", "test"
+# What `ExampleMaker` yields for a record without an example (filtered out in
+# the main process, after the workers).
+SKIP: dict = {}
 TASKS = ("inpaint", "landmarks", "segment", "gender")
 
 # The procedural source has no splits: validation faces come from another
@@ -108,13 +111,22 @@ class ExampleMaker:
       return -1
     return facemask.STYLE_ID.get(names[index], -1)
 
-  def __call__(self, index: int, record_index: int) -> dict | None:
+  def __call__(self, index: int, record_index: int) -> dict:
+    """The example of a record in the epoch of stream position `index`.
+
+    Returns `SKIP` (an empty dict) for a record that yields no example: an
+    unreadable file (already reported by the source), no landmarks to
+    place a mask, no label for the gender task. Not None: grain would drop
+    a None inside each worker process, which would make the interleaving of
+    the workers, and so the batches, depend on the worker count.
+    """
     epoch = index // self.num_records
     record = self.source[int(record_index)]
-    if record is None:  # unreadable file, already reported by the source
-      return None
+    if record is None:
+      return SKIP
     rng = np.random.default_rng((self.seed, int(record_index), epoch))
-    return self.make(record, rng)
+    example = self.make(record, rng)
+    return SKIP if example is None else example
 
   def make(self, record: dict, rng: np.random.Generator) -> dict | None:
     example = {k: record[k] for k in ("image", "masked_image", "mask",
@@ -192,15 +204,16 @@ def train_dataset(task: str, config: ml_collections.ConfigDict, *,
                      f"({local_batch})")
   maker.num_records = len(ds)
   ds = ds.shuffle(seed=config.seed).repeat().map_with_index(maker)
-  it = ds.filter(lambda x: x is not None).to_iter_dataset(grain.ReadOptions(
+  it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.data.num_threads,
       prefetch_buffer_size=config.data.prefetch))
   if config.data.worker_count > 0:
     # Workers make examples (the expensive part) and take turns in a fixed
-    # order, so batching here gives the same batches for any worker count.
+    # order; skipping and batching happen here, after them, so the batches
+    # are the same for any worker count.
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.data.worker_count))
-  return it.batch(local_batch, drop_remainder=True)
+  return it.filter(bool).batch(local_batch, drop_remainder=True)
 
 
 def eval_batches(task: str, config: ml_collections.ConfigDict, *,
@@ -221,8 +234,8 @@ def eval_batches(task: str, config: ml_collections.ConfigDict, *,
                        seed=config.seed + 1, augment=False)
   ds = _records(len(source), process_index, process_count)
   maker.num_records = max(len(ds), 1)
-  it = ds.map_with_index(maker).filter(lambda x: x is not None)
-  it = it.to_iter_dataset().batch(local_batch, drop_remainder=True)
+  it = ds.map_with_index(maker).to_iter_dataset().filter(bool)
+  it = it.batch(local_batch, drop_remainder=True)
   limit = config.eval.num_batches if config.eval.num_batches > 0 else None
   batches = list(itertools.islice(iter(it), limit))
   count = agree(len(batches)) if agree else len(batches)
@@ -246,7 +259,7 @@ def fixed_batch(task: str, config: ml_collections.ConfigDict,
   examples = []
   for i in range(len(source)):
     example = maker(0, i)
-    if example is not None:
+    if example:
       examples.append(example)
     if len(examples) == batch_size:
       return {k: np.stack([e[k] for e in examples]) for k in examples[0]}

@@ -31,6 +31,7 @@ the training pipelines render them on the fly, seeded by (record, epoch).
 """
 
 import collections
+import hashlib
 import json
 import multiprocessing
 import os
@@ -147,7 +148,7 @@ def _open(spec: str, split: str):
 
 def _work_shard(args) -> tuple[str, int, list[dict], list[tuple[str, str]]]:
   """Prepares records [start, stop) of a split (runs in a worker)."""
-  spec, split, shard, start, stop, preparer = args
+  spec, split, shard, start, stop, _, preparer = args
   source = _open(spec, split)
   keys = getattr(source, "keys", None)
   examples, skipped = [], []
@@ -169,8 +170,22 @@ def _work_shard(args) -> tuple[str, int, list[dict], list[tuple[str, str]]]:
 
 
 # --------------------------------------------------------- shard bookkeeping
-def _shard_path(work: str, split: str, shard: int) -> str:
-  return os.path.join(work, f"{split}-{shard:05d}.pkl")
+def _shard_keys(source, split: str, start: int, stop: int) -> str:
+  """A digest of which records a shard covers.
+
+  Part of the shard's file name: if files were added to or removed from the
+  source between an interrupted run and its resume, the index range of a
+  shard names other records, and the shard is prepared again instead of
+  being reused for the wrong faces.
+  """
+  keys = getattr(source, "keys", None)
+  names = (keys[start:stop] if keys is not None
+           else [f"{split}/{i}" for i in range(start, stop)])
+  return hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
+
+
+def _shard_path(work: str, split: str, shard: int, digest: str) -> str:
+  return os.path.join(work, f"{split}-{shard:05d}-{digest}.pkl")
 
 
 def _save_shard(path: str, examples, skipped) -> None:
@@ -233,13 +248,16 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
   os.makedirs(out, exist_ok=True)
   if not overwrite:
     try:
-      info = masked_faces.read_info(out)
-      done = info.get("metadata", {}).get("summary")
-      if done is not None:
-        print(f"{out} is already prepared (--overwrite to rebuild).")
-        return done
+      meta = masked_faces.read_info(out).get("metadata", {})
     except (FileNotFoundError, ValueError):
-      pass
+      meta = {}
+    if meta.get("summary") is not None:
+      if meta.get("params") != params:
+        raise SystemExit(
+            f"{out} holds a dataset prepared with other settings "
+            f"({meta.get('params')}); use --overwrite or another --out.")
+      print(f"{out} is already prepared (--overwrite to rebuild).")
+      return meta["summary"]
   work = os.path.join(out, "_work")
   if overwrite and os.path.isdir(work):
     for name in os.listdir(work):
@@ -253,14 +271,21 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
   # Build the teachers once here, so that a bad spec fails before any work.
   _ = preparer.landmark_teacher, preparer.gender_teacher
 
-  jobs, sizes = [], {}
+  jobs, sizes, paths = [], {}, {}
   for split in SPLITS:
-    n = len(_open(source, split))
-    sizes[split] = n
+    src = _open(source, split)
+    sizes[split] = n = len(src)
     for shard, start in enumerate(range(0, n, shard_size)):
-      if not os.path.exists(_shard_path(work, split, shard)):
-        jobs.append((source, split, shard, start,
-                     min(start + shard_size, n), preparer))
+      stop = min(start + shard_size, n)
+      digest = _shard_keys(src, split, start, stop)
+      paths[split, shard] = _shard_path(work, split, shard, digest)
+      if not os.path.exists(paths[split, shard]):
+        jobs.append((source, split, shard, start, stop, digest, preparer))
+  # Shards of an older listing of the source are not reused.
+  for name in os.listdir(work):
+    path = os.path.join(work, name)
+    if name.endswith(".pkl") and path not in paths.values():
+      os.remove(path)
   total = sum(sizes.values())
   todo = sum(j[4] - j[3] for j in jobs)
   per_split = ", ".join(f"{k} {v}" for k, v in sizes.items())
@@ -274,18 +299,18 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
       with ctx.Pool(workers) as pool:
         results = pool.imap_unordered(_work_shard, jobs)
         for split, shard, examples, skipped in results:
-          _save_shard(_shard_path(work, split, shard), examples, skipped)
+          _save_shard(paths[split, shard], examples, skipped)
           bar.update(len(examples) + len(skipped))
     else:
       for job in jobs:
         split, shard, examples, skipped = _work_shard(job)
-        _save_shard(_shard_path(work, split, shard), examples, skipped)
+        _save_shard(paths[split, shard], examples, skipped)
         bar.update(len(examples) + len(skipped))
 
   # ---- Build the dataset from the shards.
   def shards(split):
     for shard in range(-(-sizes[split] // shard_size)):
-      yield _load_shard(_shard_path(work, split, shard))
+      yield _load_shard(paths[split, shard])
 
   counts, skipped_all = {}, []  # counts: only splits with records
   genders, teachers_used = collections.Counter(), collections.Counter()
@@ -308,6 +333,9 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
     for data in shards(split):
       yield from data["examples"]
 
+  with open(os.path.join(out, "skipped.txt"), "w") as f:
+    for split, key, reason in skipped_all:
+      f.write(f"{split}\t{key}\t{reason}\n")
   if not sum(counts.values()):
     _print_summary(out, summary, skipped_all)
     print("Nothing to write: every image was skipped.")
@@ -316,9 +344,6 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
       out, {s: examples_of(s) for s in SPLITS if counts.get(s)},
       description=f"Faces from {source}, {size}x{size}, for jaxface.",
       metadata=dict(params=params, summary=summary), overwrite=overwrite)
-  with open(os.path.join(out, "skipped.txt"), "w") as f:
-    for split, key, reason in skipped_all:
-      f.write(f"{split}\t{key}\t{reason}\n")
   for name in os.listdir(work):
     os.remove(os.path.join(work, name))
   os.rmdir(work)

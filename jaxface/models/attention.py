@@ -20,6 +20,13 @@ Two implementations compute the same numbers:
   bf16/fp16): the value is split into heads of size C/4 that all share the
   same query and key, so the N x N matrix never reaches memory.
 "auto" picks cudnn on GPU with a 16-bit compute dtype, else xla.
+
+Precision: with a bfloat16 compute dtype the query (and so the unscaled
+scores) is rounded to bfloat16 before the float32-accumulated product; the
+softmax runs in float32. Scores are not scaled by 1/sqrt(d), so they can be
+large and this rounding shifts the weights somewhat; use float32 compute
+where exact attention weights matter (scores in strict float32 would cost
+several times the layer's bf16 time on GPU).
 """
 
 from typing import Any

@@ -65,6 +65,11 @@ def conv_transpose(features: int, *, dtype: Dtype = jnp.float32,
       name=name)
 
 
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  # Full float32: accelerators would otherwise use TF32 / one bf16 pass.
+  return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x), eps)
 
@@ -119,10 +124,10 @@ class SpectralConv(nn.Module):
       steps = self.init_iterations if self.is_initializing() else 1
       w_const = jax.lax.stop_gradient(w_mat)
       for _ in range(steps):
-        v = _l2_normalize(w_const.T @ u, self.eps)
-        u = _l2_normalize(w_const @ v, self.eps)
+        v = _l2_normalize(_dot(w_const.T, u), self.eps)
+        u = _l2_normalize(_dot(w_const, v), self.eps)
       u_var.value, v_var.value = u, v
-    sigma = jnp.dot(u, w_mat @ v)
+    sigma = _dot(u, _dot(w_mat, v))
     w = (kernel / sigma).astype(self.dtype)
     pad = ((self.padding, self.padding),) * 2
     y = jax.lax.conv_general_dilated(
@@ -159,8 +164,9 @@ def resize_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Array:
   wy = axis_weights(x.shape[1], out_h)
   wx = axis_weights(x.shape[2], out_w)
   x32 = x.astype(jnp.float32)
-  y = jnp.einsum("oh,bhwc->bowc", wy, x32)
-  y = jnp.einsum("pw,bowc->bopc", wx, y)
+  hi = jax.lax.Precision.HIGHEST
+  y = jnp.einsum("oh,bhwc->bowc", wy, x32, precision=hi)
+  y = jnp.einsum("pw,bowc->bopc", wx, y, precision=hi)
   return y.astype(x.dtype)
 
 

@@ -250,8 +250,12 @@ class InpaintTask:
     out = {"g_loss": g_loss, "d_loss": d_loss, "d_real": d_real,
            "d_fake": d_fake, "g_grad_norm": g_norm, "d_grad_norm": d_norm}
     out.update({f"loss/{k}": v for k, v in terms.items()})
+    # The new parameters too: a finite gradient can still make them overflow,
+    # and a state that is saved must be usable.
     out["finite"] = jnp.all(jnp.isfinite(jnp.stack(
-        [g_loss, d_loss, g_norm, d_norm])))
+        [g_loss, d_loss, g_norm, d_norm,
+         optax.tree.norm(new_state.g_params),
+         optax.tree.norm(new_state.d_params)])))
     return new_state, out
 
   # ---------------------------------------------------------------- eval
@@ -279,9 +283,9 @@ class InpaintTask:
              consts: dict[str, Any]) -> dict[str, jax.Array]:
     """The columns of the sample grid."""
     del consts
-    image, _, lmap, masked, out, composite = self._inpaint(state, batch)
-    return {"masked": masked, "landmarks": lmap, "output": out,
-            "composite": composite, "target": image}
+    image, _, _, masked, out, composite = self._inpaint(state, batch)
+    return {"masked": masked, "output": out, "composite": composite,
+            "target": image}
 
   @staticmethod
   def sample_grid(columns: dict[str, np.ndarray],

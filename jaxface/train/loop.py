@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -56,48 +57,81 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM (preemption, `kill`, Ctrl-C via SIGINT too) into a flag.
+  """Turns a stop request into a checkpoint and a clean exit.
 
-  The loop polls `requested` once per step, saves a checkpoint and returns;
-  the previous handlers are restored on `close`. On several processes orbax's
-  `reached_preemption` (JAX's preemption sync) is consulted as well, so all
-  hosts stop at the same step.
+  One process: SIGTERM (preemption, `kill`) and SIGINT (Ctrl-C) set a flag
+  that the loop polls once per step; it then saves and returns. Several
+  processes: no Python handler is installed (it would replace JAX's own
+  preemption notifier, and a signal seen by one host must stop all of them
+  at the same step); orbax's `reached_preemption`, backed by JAX's
+  preemption sync service, decides for all hosts together.
   """
 
-  def __init__(self, signals=(signal.SIGTERM,)):
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self._event = threading.Event()
     self._previous = {}
     self.signal_name = None
-    if threading.current_thread() is threading.main_thread():
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
       for sig in signals:
         self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
     del frame
+    if signum == signal.SIGINT and self._event.is_set():
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
     self.signal_name = signal.Signals(signum).name
     self._event.set()
+    logging.warning("%s: saving a checkpoint after this step (Ctrl-C again "
+                    "to stop at once).", self.signal_name)
 
   def requested(self, manager, step: int) -> bool:
-    if self._event.is_set():
-      return True
-    return jax.process_count() > 1 and manager.reached_preemption(step)
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self._event.is_set()
 
   def close(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
-def _check_finite(metrics: dict[str, Any], step: int, manager) -> None:
-  if bool(jax.device_get(metrics["finite"])):
-    return
-  values = {k: float(v) for k, v in jax.device_get(metrics).items()
-            if k != "finite"}
-  manager.wait_until_finished()
-  last = manager.latest_step()
-  raise NonFiniteLossError(
-      f"non-finite loss or gradient at step {step}: {values}. Training "
-      f"stopped; the last checkpoint ({'none' if last is None else last}) is "
-      "intact. Lower the learning rates or use float32 and resume.")
+class FiniteGuard:
+  """Detects a non-finite loss without syncing with the device every step.
+
+  Each step's `metrics["finite"]` is AND-ed into a device-side flag (an
+  asynchronous op); the host reads the flag only at log and checkpoint
+  boundaries, then names the first bad step among the steps since the last
+  check. Nothing is saved after a bad step.
+  """
+
+  def __init__(self):
+    self._flag = None
+    self._since_check = []  # (step, metrics) since the last check
+
+  def add(self, step: int, metrics: dict[str, Any]) -> None:
+    finite = metrics["finite"]
+    self._flag = finite if self._flag is None else jnp.logical_and(
+        self._flag, finite)
+    self._since_check.append((step, metrics))
+
+  def check(self, manager) -> None:
+    if self._flag is None:
+      return
+    ok = bool(jax.device_get(self._flag))
+    pending, self._since_check, self._flag = self._since_check, [], None
+    if ok:
+      return
+    step, metrics = next((s, m) for s, m in pending
+                         if not bool(jax.device_get(m["finite"])))
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()
+              if k != "finite"}
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    raise NonFiniteLossError(
+        f"non-finite loss, gradient or parameter at step {step}: {values}. "
+        f"Training stopped; the last checkpoint "
+        f"({'none' if last is None else last}) is intact. Lower the learning "
+        "rates or use float32 and resume.")
 
 
 def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, float]:
@@ -209,7 +243,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, sharding.put_batch(sample_batch, data_sh), consts))
     if not is_primary:
       return
-    grid = task.sample_grid(columns, sample_batch[schema.LANDMARKS])
+    # This process's rows come first in the global batch.
+    local = sample_batch[schema.LANDMARKS]
+    columns = {k: v[:len(local)] for k, v in columns.items()}
+    grid = task.sample_grid(columns, local)
     writer.write_images(step, {"samples": grid[None]})
     writers.write_png(os.path.join(workdir, "samples", f"{step:08d}.png"),
                       grid)
@@ -235,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.task, step, tc.num_steps, tc.batch_size)
 
   # ------------------------------------------------------------------ loop
-  pending, previous = [], None
+  pending = []
+  guard = FiniteGuard()
   preempted = False
   try:
     while step < tc.num_steps:
@@ -243,19 +281,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = sharding.put_batch(next(train_iter), data_sh)
       with timer.timed("step"):
         state, metrics = train_step(state, batch, consts)
-        # Check the previous step while this one runs: no pipeline stall,
-        # and the wait for the device is counted as step time.
-        if previous is not None:
-          _check_finite(previous, step, manager)
       step += 1
       progress.update(step)
-      previous = metrics
+      guard.add(step, metrics)
       pending.append(metrics)
       last = step == tc.num_steps
       preempted = watcher.requested(manager, step)
 
       if step % tc.log_every == 0 or last:
-        _check_finite(metrics, step, manager)
+        with timer.timed("step"):  # waits for the device
+          guard.check(manager)
         scalars = _mean_metrics(pending)
         pending = []
         scalars.update({f"time/{k}": v for k, v in timer.fractions().items()})
@@ -266,12 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      scalars.get("g_loss", np.nan),
                      scalars.get("d_loss", np.nan),
                      scalars.get("loss/l1", np.nan))
-      if tc.image_every and (step % tc.image_every == 0 or last):
-        write_samples(step)
-      if tc.eval_every and (step % tc.eval_every == 0 or last):
-        run_eval(step)
       if step % tc.checkpoint_every == 0 or last or preempted:
-        _check_finite(metrics, step, manager)
+        guard.check(manager)
         with timer.timed("checkpoint"):
           checkpoint.save(manager, step, state, train_iter)
       if preempted:
@@ -279,6 +310,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "%s received: checkpoint of step %d saved; run the same command "
             "again to resume.", watcher.signal_name or "Preemption", step)
         break
+      if tc.image_every and (step % tc.image_every == 0 or last):
+        write_samples(step)
+      if tc.eval_every and (step % tc.eval_every == 0 or last):
+        run_eval(step)
   finally:
     watcher.close()
     manager.wait_until_finished()

@@ -185,3 +185,39 @@ def test_procedural_source_and_workers(tmp_path):
                             shard_size=2)
   assert summary["written"] == {"train": 6, "val": 6, "test": 6}
   assert os.path.exists(tmp_path / "out" / "skipped.txt")
+
+
+def test_resume_after_the_folder_changed_redoes_moved_shards(tmp_path,
+                                                              monkeypatch):
+  src = make_folder(tmp_path / "faces", n=8)
+  out = tmp_path / "prepared"
+  spec = f"folder:{src},splits=1/0/0"
+  with monkeypatch.context() as m:
+    m.setattr(masked_faces, "write_dataset",
+              lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+      prepare.prepare(spec, str(out), size=64, shard_size=4)
+  # A new file sorts first: every index range now names other files.
+  (src / "000a.png").write_bytes((src / "000.png").read_bytes())
+  rows = list(csv.reader(open(src / "labels.csv")))
+  rows.append(["000a.png"] + rows[1][1:])
+  with open(src / "labels.csv", "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+  summary = prepare.prepare(spec, str(out), size=64, shard_size=4)
+  assert summary["written"]["train"] == 9
+  keys = [sources.Prepared(str(out), split="train")[i]["key"]
+          for i in range(9)]
+  assert len(set(keys)) == 9
+
+
+def test_finished_dataset_with_other_settings_is_not_reused(tmp_path):
+  src = make_folder(tmp_path / "faces", n=3)
+  spec = f"folder:{src},splits=1/0/0"
+  prepare.prepare(spec, str(tmp_path / "out"), size=64)
+  with pytest.raises(SystemExit, match="other settings"):
+    prepare.prepare(spec, str(tmp_path / "out"), size=96)
+  summary = prepare.prepare(spec, str(tmp_path / "out"), size=96,
+                            overwrite=True)
+  assert sources.Prepared(str(tmp_path / "out"), split="train")[0][
+      "image"].shape == (96, 96, 3)
+  assert summary["written"] == {"train": 3}

@@ -14,6 +14,7 @@ import pytest
 
 from jaxface import sharding
 from jaxface.data import pipeline
+from jaxface.models import layers
 from jaxface.train import inpaint
 from jaxface.train import loop
 
@@ -74,20 +75,26 @@ def test_gan_step_updates_both_networks_with_finite_metrics():
   assert float(metrics["g_loss"]) == pytest.approx(total, rel=1e-5)
 
 
-def test_generator_update_does_not_use_discriminator_weight_gradients():
-  # The G update must see D only through its output: with the adversarial
-  # weight at zero, D's parameters cannot change G's update at all.
+def test_generator_update_goes_through_the_pre_update_discriminator():
   config = tiny_config()
-  config.losses.adversarial = 0.0
+  config.losses.adversarial = 1.0  # make D's pull on G large
   task = inpaint.InpaintTask(config)
   state = task.init_state(jax.random.key(0))
-  other = task.init_state(jax.random.key(1))
-  state_b = state.replace(d_params=other.d_params)
   consts, batch = task.constants(), fixed_batch(config)
   step = jax.jit(task.train_step)
   a, _ = step(state, batch, consts)
-  b, _ = step(state_b, batch, consts)
+  # Same D parameters, another Adam state: D's *update* changes, D before
+  # the update does not. G must not notice.
+  adam = state.d_opt[0]
+  other_opt = (adam._replace(nu=jax.tree.map(lambda x: x + 1e-4, adam.nu)),
+               *state.d_opt[1:])
+  b, _ = step(state.replace(d_opt=other_opt), batch, consts)
+  assert not _leaves_equal(a.d_params, b.d_params)
   assert _leaves_equal(a.g_params, b.g_params)
+  # Other D parameters do change G's update: D really is in the G loss.
+  c, _ = step(state.replace(d_params=task.init_state(
+      jax.random.key(1)).d_params), batch, consts)
+  assert not _leaves_equal(a.g_params, c.g_params)
 
 
 def test_thirty_steps_on_one_batch_halve_the_l1_term():
@@ -149,12 +156,13 @@ def test_four_devices_match_one_device(tmp_path):
   out_one = sample(one, batch, {})
   out_four = sample(four, batch, {})
   np.testing.assert_allclose(out_one["output"], out_four["output"], atol=2e-5)
+  lmap = layers.landmark_map(batch["landmarks"], 64, 64)
   d_one = task.discriminator.apply(
       {"params": one.d_params, inpaint.SN: one.d_stats}, out_one["target"],
-      out_one["landmarks"])
+      lmap)
   d_four = task.discriminator.apply(
       {"params": four.d_params, inpaint.SN: four.d_stats}, out_one["target"],
-      out_one["landmarks"])
+      lmap)
   np.testing.assert_allclose(d_one, d_four, atol=2e-5)
 
 
@@ -189,11 +197,12 @@ def test_workdir_outputs_and_eval_per_gender(tmp_path):
   assert events, "no TensorBoard event file"
 
 
-def test_nan_aborts_naming_the_step(tmp_path):
-  config = tiny_config(num_steps=3)
-  config.optim.g_lr = float("inf")  # step 1 is finite, its update is not
-  with pytest.raises(loop.NonFiniteLossError, match=r"step 2"):
+def test_nan_aborts_naming_the_step_and_saves_nothing_bad(tmp_path):
+  config = tiny_config(num_steps=3, checkpoint_every=1)
+  config.optim.g_lr = float("inf")  # finite loss, non-finite parameters
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step 1\b"):
     loop.train_and_evaluate(config, str(tmp_path / "nan"))
+  assert not list((tmp_path / "nan" / "checkpoints").glob("[0-9]*"))
 
 
 def test_sigterm_saves_and_resume_continues(tmp_path):
