@@ -47,3 +47,13 @@ def resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
   # is harmless here.
   return np.stack([np.interp(t, s, points[:, 0]),
                    np.interp(t, s, points[:, 1])], -1)
+
+
+def outward_normals(curve: np.ndarray, centre: np.ndarray) -> np.ndarray:
+  """Unit normals of an open polyline [N, 2], pointing away from `centre`."""
+  tangent = np.gradient(np.asarray(curve, np.float64), axis=0)
+  normal = np.stack([tangent[:, 1], -tangent[:, 0]], -1)
+  normal /= np.linalg.norm(normal, axis=-1, keepdims=True) + 1e-9
+  flip = np.sum(normal * (curve - centre), axis=-1) < 0
+  normal[flip] *= -1
+  return normal

@@ -212,15 +212,6 @@ def estimate_yaw(landmarks: np.ndarray) -> float:
   return _face_frame(lm).yaw
 
 
-def _jaw_normals(jaw: np.ndarray, centre: np.ndarray) -> np.ndarray:
-  """Unit normals [33, 2] of the jaw contour pointing away from `centre`."""
-  tangent = np.gradient(jaw, axis=0)
-  normal = np.stack([tangent[:, 1], -tangent[:, 0]], -1)
-  normal /= np.linalg.norm(normal, axis=-1, keepdims=True) + 1e-9
-  flip = np.sum(normal * (jaw - centre), axis=-1) < 0
-  normal[flip] *= -1
-  return normal
-
 
 def _jaw_crossing(jaw: np.ndarray, frame: _Frame, height: float,
                   side: int) -> np.ndarray:
@@ -869,7 +860,7 @@ class FaceMaskRenderer:
     lower = rng.random() < self.lower_prob
     jit = self.jitter
     jaw = lm[:33]
-    normals = _jaw_normals(jaw, lm[[54, 57]].mean(0))
+    normals = curves.outward_normals(jaw, lm[[54, 57]].mean(0))
 
     # Shape of the style: top corner on the jaw, how far out and down.
     if style in ("surgical", "surgical_pleated"):

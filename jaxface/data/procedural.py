@@ -385,15 +385,6 @@ def _hairline(p, yaw, n=13) -> np.ndarray:
   return _rigid(np.stack([x, y, z], -1), yaw)
 
 
-def _outward_normals(curve: np.ndarray, centre: np.ndarray) -> np.ndarray:
-  """Unit normals of an open polyline [N, 2], pointing away from `centre`."""
-  tangent = np.gradient(curve, axis=0)
-  normal = np.stack([tangent[:, 1], -tangent[:, 0]], -1)
-  normal /= np.linalg.norm(normal, axis=-1, keepdims=True) + 1e-9
-  flip = np.sum(normal * (curve - centre), axis=-1) < 0
-  normal[flip] *= -1
-  return normal
-
 
 class _Painter:
   """Draws head-frame or body-frame shapes on a supersampled canvas."""
@@ -678,7 +669,7 @@ def _draw_mask(p, painter: _Painter, lm: np.ndarray, ears, alpha_draw,
   H = pt.head
   jaw = lm[:33]
   centre = lm[[54, 57, 79, 85]].mean(0)
-  normals = _outward_normals(jaw, centre)
+  normals = curves.outward_normals(jaw, centre)
   idx = np.arange(2, 31)
   w = np.clip(1.0 - ((idx - 16) / 9.0) ** 2, 0.0, 1.0)
   if p.mask_style == 2:  # kn95: pointed chin
