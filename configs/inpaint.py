@@ -50,14 +50,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
   c.data = ml_collections.ConfigDict(dict(
-      # procedural (embedded default, no files) | prepared:DIR | folder:DIR
-      # | celeba:DIR | ffhq:DIR (see jaxface.data.sources)
-      source="procedural",
+      # procedural[:num_records=N,seed=K] (embedded default, no files) |
+      # prepared:DIR | folder:DIR | celeba:DIR | ffhq:DIR
+      # (see jaxface.data.sources.open_source)
+      source="procedural:num_records=100000",
       image_size=args["size"],
       gender=args["gender"],  # all | male | female
-      seed=0,                # which faces the procedural source draws
-      num_train=100_000,
-      num_val=512,
       flip=True,
       # Face masks: comma-separated styles of jaxface.data.facemask
       # (surgical, surgical_pleated, n95, kn95, cloth, cloth_printed,
@@ -105,8 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args["tiny"]:
     c.compute_dtype = "float32"
     c.data.image_size = 64 if args["size"] == 256 else args["size"]
-    c.data.num_train = 2_048
-    c.data.num_val = 64
+    c.data.source = "procedural:num_records=2048"
     c.data.num_threads = 2
     c.data.prefetch = 2
     c.model.generator.width = 16

@@ -1,6 +1,13 @@
-"""Helpers for the experiment configs in `configs/`."""
+"""Helpers for the experiment configs in `configs/`: argument parsing and
+the checks every task shares."""
 
 from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxface.data import schema
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -45,3 +52,71 @@ def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
         raise ValueError(f"config argument {key}={value!r} is not a "
                          f"{type(default).__name__}") from None
   return out
+
+
+# ---------------------------------------------------------------------------
+# Checks shared by every task. A task's constructor calls `validate_common`
+# first, then checks its own sections (model, losses) with `check`.
+
+# config.compute_dtype -> the dtype of activations and matmul inputs.
+# Parameters, losses and metrics stay float32 whatever this says.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "float16": jnp.float16}
+
+
+def check(ok: bool, key: str, value: Any, expected: str) -> None:
+  """Raises a ValueError naming `config.<key>` when `ok` is false."""
+  if not ok:
+    raise ValueError(f"config.{key}={value!r}: expected {expected}")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  """The jnp dtype of `config.compute_dtype` (a clear error if unknown)."""
+  check(config.compute_dtype in DTYPES, "compute_dtype",
+        config.compute_dtype, " | ".join(sorted(DTYPES)))
+  return DTYPES[config.compute_dtype]
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def validate_common(config: ml_collections.ConfigDict) -> None:
+  """Checks the sections every task config has: `train`, `eval`, `optim`,
+  `data`, `mesh`, `seed` and `compute_dtype`.
+
+  Raises a ValueError naming the first bad key and what it should be. What
+  only one task knows (network widths, loss weights) is that task's to
+  check.
+  """
+  compute_dtype(config)
+  check(_is_int(config.seed), "seed", config.seed, "an integer")
+  t = config.train
+  for key in ("batch_size", "num_steps", "log_every", "checkpoint_every",
+              "max_to_keep"):
+    check(_is_int(t[key]) and t[key] > 0, f"train.{key}", t[key],
+          "a positive integer")
+  for key in ("image_every", "eval_every"):
+    check(_is_int(t[key]) and t[key] >= 0, f"train.{key}", t[key],
+          "an integer >= 0 (0 = never)")
+  e = config.eval
+  check(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size",
+        e.batch_size, "a positive integer")
+  check(_is_int(e.num_batches) and e.num_batches >= 0, "eval.num_batches",
+        e.num_batches, "an integer >= 0 (0 = the whole split)")
+  for key, value in config.optim.items():
+    if key == "lr" or key.endswith("_lr"):
+      check(value >= 0, f"optim.{key}", value, ">= 0")
+    elif key in ("b1", "b2"):
+      check(0 <= value < 1, f"optim.{key}", value, "in [0, 1)")
+  d = config.data
+  check(d.gender in schema.GENDER_FILTERS, "data.gender", d.gender,
+        " | ".join(schema.GENDER_FILTERS))
+  check(_is_int(d.image_size) and d.image_size >= 16, "data.image_size",
+        d.image_size, "an integer >= 16")
+  for key in ("num_threads", "prefetch", "worker_count"):
+    check(_is_int(d[key]) and d[key] >= 0, f"data.{key}", d[key],
+          "an integer >= 0")
+  for key in ("data", "fsdp"):
+    check(_is_int(config.mesh[key]), f"mesh.{key}", config.mesh[key],
+          "an integer (data: -1 = all remaining devices)")

@@ -1,4 +1,4 @@
-"""Image-quality metrics: PSNR, SSIM, masked L1 and LaFIn's evaluation set.
+"""Metrics: PSNR, SSIM, masked L1, LaFIn's evaluation set, per-gender means.
 
 Every function takes batches of channels-last images `[B, H, W, C]`, is
 jitted (window sizes and constants are static arguments) and can be called
@@ -20,10 +20,13 @@ Two SSIM flavours are provided:
 """
 
 import functools
-from typing import Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxface.data import schema
 
 # scikit-image's `rgb2gray` weights (used by LaFIn's metrics script). Note they
 # are not the ITU-R 601-2 weights (0.299, 0.587, 0.114) that PIL's
@@ -285,3 +288,36 @@ def lafin_metrics(target: jax.Array, pred: jax.Array) -> dict[str, jax.Array]:
       "ssim": ssim_lafin(gt, pr),
       "mae": mae_lafin(gt, pr),
   }
+
+
+def summarize_per_gender(per_example: Mapping[str, np.ndarray],
+                         gender_key: str = "gender") -> dict[str, float]:
+  """Means of per-example metrics, overall and per gender.
+
+  The paper reports every number separately for men and women, so every
+  task's evaluation does. Host-side (NumPy) on concatenated eval outputs.
+
+  Args:
+    per_example: `{name: [N] values}`; `per_example[gender_key]`, when
+      present, holds the gender codes of `jaxface.data.schema` (0 female,
+      1 male, -1 unknown).
+    gender_key: which entry holds the genders (it is not summarised).
+
+  Returns:
+    `{name: mean}` plus `{name/female: mean, name/male: mean}` for the
+    genders present (a NaN value makes its means NaN: visible, not hidden).
+  """
+  out = {}
+  gender = per_example.get(gender_key)
+  for key, values in per_example.items():
+    if key == gender_key:
+      continue
+    values = np.asarray(values, np.float64)
+    out[key] = float(np.mean(values))
+    if gender is None:
+      continue
+    for name, code in schema.GENDERS.items():
+      sel = np.asarray(gender) == code
+      if np.any(sel):
+        out[f"{key}/{name}"] = float(np.mean(values[sel]))
+  return out

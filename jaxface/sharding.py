@@ -90,3 +90,26 @@ def put_batch(batch: dict[str, np.ndarray],
   """Assembles the global batch from this process's shard of it."""
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def per_process_batch(size: int, key: str, mesh: Mesh) -> int:
+  """This process's share of a global batch of `size`.
+
+  The one place batch sizes are checked: the global batch must split evenly
+  over the mesh's data-parallel devices (and so over its processes).
+
+  Args:
+    size: the global batch size.
+    key: the config key it came from, for the error message.
+    mesh: the mesh the batch is sharded over.
+
+  Raises:
+    ValueError: naming `config.<key>`.
+  """
+  multiple = batch_multiple(mesh)
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (
+      size < 1 or size % multiple):
+    raise ValueError(f"config.{key}={size!r} must be a positive multiple of "
+                     f"the {multiple} data-parallel devices")
+  processes = len({d.process_index for d in mesh.devices.flat})
+  return int(size) // processes

@@ -2,9 +2,13 @@
 
 import os
 import pathlib
+import sys
 
 import jax
 import pytest
+
+# Test helpers (`numerics`) import as top-level modules.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 # Must run before any JAX computation creates the CPU client.
 jax.config.update("jax_num_cpu_devices", 4)

@@ -1,12 +1,13 @@
-r"""Input-pipeline benchmark: records/s of the inpainting training pipeline.
+r"""Input-pipeline benchmark: records/s of a task's training pipeline.
 
   python -m jaxface.bench.data                       # JPEGs made on the fly
   python -m jaxface.bench.data --source=prepared:data/utkface --workers=0,2,4
+  python -m jaxface.bench.data --config=configs/<task>.py   # another task
 
-Runs `jaxface.data.pipeline.train_dataset("inpaint", ...)` at `--size`
-(default 256): read + JPEG decode + crop/resize + flip + a face mask
-rendered in one of the six procedural styles + batching, and prints
-records/s:
+Runs `jaxface.data.pipeline.train_dataset` with the examples of the task of
+`--config` (default: the inpainting task) at `--size` (default 256): read +
+JPEG decode + crop/resize + flip + a face mask rendered in one of the six
+procedural styles + the task's example + batching, and prints records/s:
 
 * `1 core`: the pipeline in this process, pinned to one CPU, one reader
   thread, OpenCV single-threaded: the per-core figure;
@@ -19,18 +20,23 @@ landmarks into a temporary folder, and read through the `folder:` source.
 
 import csv
 import os
-import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 import cv2
+from ml_collections import config_flags
 import numpy as np
 
+from jaxface import tasks
 from jaxface.data import masked_faces
 from jaxface.data import pipeline
 from jaxface.data import procedural
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/inpaint.py", "Experiment config (its task and data "
+    "settings).", lock_config=False)
 
 _SOURCE = flags.DEFINE_string("source", "", "A source spec; default: JPEGs "
                               "of procedural faces written to a temp dir.")
@@ -66,9 +72,7 @@ def write_jpeg_folder(root: str, n: int, size: int) -> str:
 
 
 def _config(source: str, workers: int, threads: int):
-  sys.path.insert(0, os.getcwd())
-  from configs import inpaint  # pylint: disable=g-import-not-at-top
-  c = inpaint.get_config()
+  c = _CONFIG.value.copy_and_resolve_references()
   c.data.source = source
   c.data.image_size = _SIZE.value
   c.data.mask_styles = _STYLES.value or ",".join(
@@ -82,8 +86,9 @@ def _config(source: str, workers: int, threads: int):
 
 def measure(source: str, workers: int, threads: int) -> float:
   """records/s after one warm-up batch."""
-  it = iter(pipeline.train_dataset("inpaint", _config(source, workers,
-                                                      threads)))
+  config = _config(source, workers, threads)
+  it = iter(pipeline.train_dataset(tasks.examples(config.task), config,
+                                   batch_size=_BATCH.value))
   next(it)  # start-up: workers spawn, sources open, textures build
   n = max(_RECORDS.value // _BATCH.value, 1)
   t0 = time.perf_counter()
@@ -92,7 +97,9 @@ def measure(source: str, workers: int, threads: int) -> float:
   elapsed = time.perf_counter() - t0
   if hasattr(it, "close"):
     it.close()  # stops the workers and frees their shared memory
-  assert batch["image"].shape == (_BATCH.value, _SIZE.value, _SIZE.value, 3)
+  size = _SIZE.value
+  assert next(iter(batch.values())).shape[:1] == (_BATCH.value,)
+  assert any(v.shape[1:3] == (size, size) for v in batch.values())
   return n * _BATCH.value / elapsed
 
 
@@ -108,8 +115,8 @@ def main(argv):
   else:
     what = source
   cpus = sorted(os.sched_getaffinity(0))
-  print(f"inpaint pipeline at {_SIZE.value}x{_SIZE.value}, batch "
-        f"{_BATCH.value}, {what}; {len(cpus)} CPUs")
+  print(f"{_CONFIG.value.task} pipeline at {_SIZE.value}x{_SIZE.value}, "
+        f"batch {_BATCH.value}, {what}; {len(cpus)} CPUs")
   print(f"{'mode':>12} {'records/s':>10} {'per core':>9}")
 
   # One core: pin the process (and the threads it starts) to one CPU.

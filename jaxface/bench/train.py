@@ -1,4 +1,5 @@
-r"""Training-step benchmark: prints a table per compute dtype and batch size.
+r"""Training-step benchmark of any registered task: a table per compute dtype
+and batch size.
 
   python -m jaxface.bench.train --config=configs/inpaint.py \
       --batch_sizes=16,32,64 --dtypes=bfloat16,float32
@@ -10,8 +11,8 @@ r"""Training-step benchmark: prints a table per compute dtype and batch size.
 Each row: the median wall time of `--steps` (>= 20 for reported figures)
 individually synchronised steps after `--warmup` steps, images per second,
 the model FLOPs of one step as counted by XLA's cost analysis of the compiled
-step (custom calls such as cuDNN attention are not counted by XLA; the
-analytic count of the attention is added for them, see `attention_flops`),
+step (custom calls such as cuDNN attention are not counted by XLA; the task
+adds its analytic count for them, `Task.uncounted_flops`),
 the achieved TFLOP/s, MFU against `--peak_tflops` (H100 SXM dense bf16:
 769.6), and memory: XLA's static estimate for the compiled step and, where
 the backend reports it, the process's peak device memory so far. Data loading
@@ -27,10 +28,9 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from jaxface import sharding
 from jaxface.data import pipeline
 from jaxface.models import attention as attention_lib
-from jaxface.train import inpaint
+from jaxface.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/inpaint.py", "Experiment config.", lock_config=False)
@@ -39,28 +39,13 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["16", "32", "64"],
 _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"],
                             "Compute dtypes.")
 _ATTENTION = flags.DEFINE_list(
-    "attention", [], "Attention implementations to compare (auto, xla, "
+    "attention", [], "Tasks with config.model.attention_impl: the "
+    "implementations to compare (auto, xla, "
     "cudnn); default: the config's.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 _PEAK = flags.DEFINE_float("peak_tflops", 769.6,
                            "Device peak (TFLOP/s) for MFU.")
-
-
-def attention_flops(config, batch: int) -> float:
-  """Analytic FLOPs of the two attention layers for one training step.
-
-  Per layer and image: scores N*N*d*2, value product N*N*Cv*2, N = positions;
-  a training step runs G's layer forward + backward (x3) and D's layer on
-  2B images forward + backward (x3) and on B images forward + input-backward
-  (x2). Only used where XLA cannot count them (cuDNN custom calls).
-  """
-  s = config.data.image_size
-  g, d = config.model.generator.width, config.model.discriminator.width
-  n_g, n_d = (s // 4) ** 2, (s // 4) ** 2
-  g_layer = 2 * n_g * n_g * (g + 8 * g)       # d = 4g/4 = g, Cv = 8g
-  d_layer = 2 * n_d * n_d * (2 * d / 4 + 2 * d)  # d = 2d/4, Cv = 2d
-  return batch * (3 * g_layer + 3 * 2 * d_layer + 2 * d_layer)
 
 
 def _cost_flops(compiled) -> float:
@@ -85,32 +70,25 @@ def _peak_bytes() -> float:
 
 
 def bench_one(base_config, batch_size: int, dtype: str, attention: str):
+  """Compiles and times one training step configuration; returns a row."""
   config = base_config.copy_and_resolve_references()
   config.compute_dtype = dtype
   config.train.batch_size = batch_size
   if attention:
+    if "attention_impl" not in config.get("model", {}):
+      raise ValueError(f"--attention: task {config.task!r} has no "
+                       "config.model.attention_impl")
     config.model.attention_impl = attention
-  task = inpaint.InpaintTask(config)
-  mesh = sharding.make_mesh(config.mesh)
-  data_sh, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
-  shapes = jax.eval_shape(task.init_state, jax.random.key(0))
-  state_sh = sharding.state_shardings(mesh, shapes)
-  state = jax.jit(task.init_state, out_shardings=state_sh)(jax.random.key(0))
-  consts = jax.device_put(task.constants(), repl)
+  setup = loop.build(config)
+  state = setup.init(jax.random.key(config.seed))
+  consts = setup.constants()
+  batch = setup.put(pipeline.fixed_batch(setup.task.examples, config,
+                                         setup.train_batch_size))
 
-  batch = sharding.put_batch(
-      pipeline.fixed_batch("inpaint", config, batch_size), data_sh)
-
-  step = jax.jit(task.train_step, in_shardings=(state_sh, data_sh, repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch, consts).compile()
+  compiled = setup.train_step.lower(state, batch, consts).compile()
   compile_s = time.perf_counter() - t0
-  flops = _cost_flops(compiled)
-  impl = attention_lib.resolve_impl(config.model.attention_impl,
-                                        inpaint.compute_dtype(config))
-  if impl == "cudnn":
-    flops += attention_flops(config, batch_size)
+  flops = _cost_flops(compiled) + setup.task.uncounted_flops(batch_size)
 
   for _ in range(_WARMUP.value):
     state, metrics = compiled(state, batch, consts)
@@ -126,6 +104,10 @@ def bench_one(base_config, batch_size: int, dtype: str, attention: str):
           file=sys.stderr)
   ms = statistics.median(times) * 1e3
   tflops = flops / (ms / 1e3) / 1e12
+  impl = "-"
+  if "attention_impl" in config.get("model", {}):
+    impl = attention_lib.resolve_impl(config.model.attention_impl,
+                                      setup.task.dtype)
   return dict(dtype=dtype, attention=impl, batch=batch_size, ms=ms,
               img_s=batch_size / (ms / 1e3), gflop_img=flops / batch_size / 1e9,
               tflops=tflops, mfu=tflops / _PEAK.value,
@@ -138,9 +120,9 @@ def main(argv):
   config = _CONFIG.value
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} x{jax.device_count()} ({dev.platform}), "
-        f"jax {jax.__version__}; image {config.data.image_size}px, "
-        f"G width {config.model.generator.width}; median of {_STEPS.value} "
-        f"steps after {_WARMUP.value} warm-up")
+        f"jax {jax.__version__}; task {config.task}, image "
+        f"{config.data.image_size}px; median of {_STEPS.value} steps after "
+        f"{_WARMUP.value} warm-up")
   header = (f"{'dtype':>9} {'attn':>5} {'batch':>5} {'step ms':>9} "
             f"{'img/s':>8} {'GFLOP/img':>9} {'TFLOP/s':>8} {'MFU':>6} "
             f"{'static GiB':>10} {'peak GiB':>9} {'compile s':>9}")

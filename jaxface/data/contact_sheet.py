@@ -17,10 +17,22 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from jaxface import visualize
+from jaxface.data import examples
 from jaxface.data import pipeline
-from jaxface.train import images
-from jaxface.train import writers
+from jaxface.data import schema
 
+
+def _masked_face(face: examples.Face, rng) -> dict[str, np.ndarray]:
+  del rng
+  return {schema.MASKED_IMAGE: face.masked_image, schema.MASK: face.mask,
+          schema.LANDMARKS: face.landmarks}
+
+
+# What a sheet shows of each face.
+EXAMPLES = examples.ExampleSpec(
+    keys=(schema.MASKED_IMAGE, schema.MASK, schema.LANDMARKS),
+    make=_masked_face)
 
 
 def sheet(source: str, n: int, size: int, *, split: str = "train",
@@ -29,14 +41,10 @@ def sheet(source: str, n: int, size: int, *, split: str = "train",
           shuffle: bool = True) -> np.ndarray:
   """The uint8 contact sheet (rows of masked faces)."""
   data = ml_collections.ConfigDict(dict(
-      source=source, image_size=size, gender="all", seed=0, num_train=n,
-      num_val=n, flip=False,
-      mask_styles=styles or ("" if source == "procedural" and not templates
-                             else ",".join(pipeline.facemask.DEFAULT_STYLES)),
-      mask_templates=templates))
-  src = pipeline.make_source(data, split)
-  maker = pipeline.ExampleMaker("landmarks", data, src,
-                                pipeline.make_renderer(data), seed=seed,
+      source=source, image_size=size, gender="all", flip=False,
+      mask_styles=styles, mask_templates=templates))
+  src = pipeline.open_split(data, split)
+  maker = pipeline.ExampleMaker(EXAMPLES, data, src, seed=seed,
                                 augment=False)
   tiles = []
   order = np.arange(len(src))
@@ -46,13 +54,14 @@ def sheet(source: str, n: int, size: int, *, split: str = "train",
     example = maker(0, i)
     if not example:
       continue
-    face = example["image"].astype(np.float32) / 255
+    face = example[schema.MASKED_IMAGE].astype(np.float32) / 255
     if landmarks:
-      face = images.draw_points(face, example["landmarks"], radius=1,
-                                color=(0.1, 1.0, 0.1))
+      face = visualize.draw_points(face, example[schema.LANDMARKS], radius=1,
+                                   color=(0.1, 1.0, 0.1))
     tiles.append(face)
     if holes:
-      tiles.append(np.repeat(example["mask"].astype(np.float32), 3, axis=-1))
+      tiles.append(np.repeat(example[schema.MASK].astype(np.float32), 3,
+                             axis=-1))
     if len(tiles) >= n * (2 if holes else 1):
       break
   if not tiles:
@@ -64,7 +73,7 @@ def sheet(source: str, n: int, size: int, *, split: str = "train",
   tiles += [np.ones_like(tiles[0])] * (rows * columns - len(tiles))
   grid = np.stack(tiles).reshape(rows, columns, size, size, 3)
   # make_grid takes columns of batches: column c = tiles c, c+columns, ...
-  return images.make_grid([grid[:, c] for c in range(columns)],
+  return visualize.make_grid([grid[:, c] for c in range(columns)],
                           max_rows=rows)
 
 
@@ -77,8 +86,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("size", 128, "Tile size in pixels.")
   flags.DEFINE_string("split", "train", "Split of the source.")
   flags.DEFINE_string(
-      "styles", "", "Comma-separated mask styles (default: the six "
-      "procedural styles; `source` = the source's own masks).")
+      "styles", "", "Comma-separated mask styles (default: the source's "
+      "own masks if it has them, else the six procedural styles).")
   flags.DEFINE_string("templates", "",
                       "MaskTheFace directory for `template`.")
   flags.DEFINE_integer("seed", 0, "Which random draws to show.")
@@ -95,7 +104,7 @@ def main(argv):
                styles=FLAGS.styles, templates=FLAGS.templates,
                seed=FLAGS.seed, landmarks=FLAGS.landmarks,
                holes=FLAGS.holes, shuffle=FLAGS.shuffle)
-  writers.write_png(FLAGS.out, grid)
+  visualize.write_png(FLAGS.out, grid)
   print(f"wrote {FLAGS.out} ({grid.shape[1]}x{grid.shape[0]})")
 
 

@@ -91,8 +91,8 @@ def encode_image(image: np.ndarray,
   """Encodes an RGB uint8 image [H, W, 3] as JPEG or PNG bytes.
 
   JPEGs keep full-resolution colour (4:4:4, no chroma subsampling): the
-  images are the ground truth of an inpainting model, and halving the colour
-  resolution blurs exactly the edges it is judged on.
+  images are the ground truth reconstructions are scored against, and
+  halving the colour resolution blurs exactly the edges that are scored.
 
   Args:
     image: [H, W, 3] uint8 RGB ([H, W] / [H, W, 1] grey is stored as RGB).

@@ -815,13 +815,12 @@ class ProceduralFaces:
     gender        int32 []          0 female, 1 male
     yaw           float32 []        degrees, + turns the face to image-right
     roll          float32 []        degrees, + turns the face clockwise
-    mask_style    int32 []          index into `MASK_STYLES`
+    mask_style    int32 []          index into `MASK_STYLES` (this
+                                    module's; `sources.Procedural` maps it
+                                    to `schema.MASK_STYLES`)
 
   A smoke-test source, not a benchmark (see the module docstring).
   """
-
-  # What the `mask_style` values name (`facemask.STYLES` has the same names).
-  mask_style_names = MASK_STYLES
 
   def __init__(self, size: int = 256, num_records: int = 100_000,
                seed: int = 0, gender: str = "all"):

@@ -9,11 +9,13 @@ keys (a task uses the subset it needs):
 | `masked_image` | [B, H, W, 3] float32     | the face wearing a (synthetic) mask   |
 | `mask`         | [B, H, W, 1] float32     | 1 in the hole / on the face mask      |
 | `landmarks`    | [B, 98, 2] float32       | WFLW points, pixel (x, y)             |
-| `gender`       | [B] int32                | 0 female, 1 male                      |
-| `mask_style`   | [B] int32                | `facemask.STYLES` index (-1 unknown)  |
+| `landmarks_approx` | [B, 98] bool         | True where a point is approximate     |
+| `gender`       | [B] int32                | 0 female, 1 male (-1 unknown)         |
+| `mask_style`   | [B] int32                | `MASK_STYLES` index (-1 unknown)      |
 
-Host pipelines keep images as uint8 (4x less to move); `to_float` converts
-on the device side.
+Host pipelines keep images and masks as uint8 (4x less to move); `to_float`
+converts on the device side. Which keys a task's batches have is declared by
+the task (`jaxface.data.examples.ExampleSpec`).
 """
 
 from typing import Mapping
@@ -24,13 +26,22 @@ IMAGE = "image"
 MASKED_IMAGE = "masked_image"
 MASK = "mask"
 LANDMARKS = "landmarks"
+LANDMARKS_APPROX = "landmarks_approx"
 GENDER = "gender"
 MASK_STYLE = "mask_style"
+KEYS = (IMAGE, MASKED_IMAGE, MASK, LANDMARKS, LANDMARKS_APPROX, GENDER,
+        MASK_STYLE)
 
 FEMALE, MALE = 0, 1
 GENDERS = {"female": FEMALE, "male": MALE}
 # What a `gender` filter of a source or config may say.
 GENDER_FILTERS = ("all", "female", "male")
+
+# What `mask_style` values name: style i is MASK_STYLES[i]. The six drawn
+# procedurally, MaskTheFace templates, and the paper authors' two hole
+# shapes (`jaxface.data.facemask` renders all of them).
+MASK_STYLES = ("surgical", "surgical_pleated", "n95", "kn95", "cloth",
+               "cloth_printed", "template", "box", "freeform")
 
 # Keys whose uint8 host values are images to scale into [0, 1].
 _IMAGE_KEYS = (IMAGE, MASKED_IMAGE)

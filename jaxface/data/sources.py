@@ -1,4 +1,4 @@
-"""Random-access face sources (grain-compatible) and image decoding.
+"""Random-access face sources (grain-compatible): folders, CelebA, FFHQ, ...
 
 Every source here is a sequence of records: `len(source)`, and `source[i]`
 (an int, negative counts from the end) returns a dict, the record contract:
@@ -33,12 +33,25 @@ image is opened until it is read), split deterministically into "train",
 `"male"`; records of unknown gender are then left out). Asking a source
 without gender labels for one gender is a ValueError.
 
+Every source also says whether its records already wear face masks:
+`provides_masks` (a class attribute). When True, each record carries
+
+  masked_image      uint8 [H, W, 3]   the face wearing the mask
+  mask              uint8 [H, W]      1 on the mask
+  mask_style        int32 []          index of `schema.MASK_STYLES`
+
+and the pipelines use those masks unless the config asks for rendered ones
+(`config.data.mask_styles`); when False, the pipelines render masks from
+the landmarks (`jaxface.data.facemask`).
+
 Sources:
   ImageFolder  a folder of images, with an optional CSV of labels
   FFHQ         a copy of FFHQ (aligned PNGs)
   CelebA       a copy of CelebA (aligned JPEGs and the annotation files)
   Prepared     the `masked_faces` dataset of `jaxface.data.prepare`
-`open_source` opens one from a short spec string ("folder:PATH", ...).
+  Procedural   the embedded default: faces drawn from a seed, with masks
+`open_source` opens one from a short spec string ("folder:PATH", ...); it
+is the only way the pipelines open a source.
 
 Landmark annotations with 68 points (iBUG 300-W order) or 5 points (the
 CelebA order: image-left eye, image-right eye, nose tip, image-left mouth
@@ -48,27 +61,22 @@ approx [98])` (or a `teachers.LandmarkResult`, or None when it cannot),
 applied when a record is read. `SparseConverter()` is the one built on
 `jaxface.data.teachers.from_68` / `from_5`.
 
-Decoding (`decode_image`) uses Pillow, honours the EXIF orientation, and can
-decode JPEGs at 1/2, 1/4 or 1/8 scale in the decoder (`draft_size`): for a
-1024-pixel photo bound for a 256-pixel pipeline that takes about half the
-time of a full decode and resize. Landmarks of the record follow the scale.
+Images are decoded by `jaxface.data.decode` (file sources take its
+`draft_size` hint for fast JPEG downscaling; landmarks follow the scale).
 PNGs always decode in full (a 1024-pixel FFHQ PNG takes ~20 ms): prepare
 such data once (`jaxface.data.prepare`) at the training size.
 """
 
 import csv
 import hashlib
-import io
 import os
 import re
-import threading
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
 import numpy as np
-from PIL import Image
-from PIL import ImageOps
 
+from jaxface.data import decode
 from jaxface.data import procedural
 from jaxface.data import schema
 from jaxface.data import wflw
@@ -85,7 +93,7 @@ LANDMARK_COUNTS = (wflw.NUM_LANDMARKS, 68, 5)
 
 # Record keys besides those of `schema`.
 KEY = "key"
-LANDMARKS_APPROX = "landmarks_approx"
+LANDMARKS_APPROX = schema.LANDMARKS_APPROX
 LANDMARKS_RAW = "landmarks_raw"
 LANDMARK_TEACHER = "landmark_teacher"
 
@@ -102,112 +110,6 @@ _GENDER_WORDS = {
 _PREPARE_HINT = ("label it with a gender teacher (python -m "
                  "jaxface.data.prepare ... with a gender model) and read the "
                  "result with 'prepared:PATH', or use gender='all'")
-
-
-# ---------------------------------------------------------------------------
-# Decoding.
-
-
-class CorruptImageError(ValueError):
-  """An image that cannot be read or decoded; the message names it."""
-
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def warn_once(key: str, message: str) -> None:
-  """Logs `message` as a warning the first time `key` is reported here."""
-  with _warned_lock:
-    if key in _warned:
-      return
-    _warned.add(key)
-  logging.warning("%s", message)
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-  """Any Pillow image -> uint8 [H, W, 3]; alpha is dropped."""
-  if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-    # 16-bit greys: Pillow's own conversion to 8 bits clips, so shift.
-    grey = np.asarray(im)
-    if im.mode == "F":
-      grey = np.clip(grey, 0, 255)
-    elif im.mode.startswith("I;16") or grey.max() > 255:
-      grey = np.clip(np.asarray(grey, np.int64) >> 8, 0, 255)
-    grey = np.asarray(grey, np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-  if im.mode != "RGB":
-    im = im.convert("RGB")
-  return np.array(im, np.uint8)  # a writable copy (asarray is read-only)
-
-
-def decode_image_scaled(data: bytes, key: str = "<bytes>",
-                        draft_size: int | None = None
-                        ) -> tuple[np.ndarray, float]:
-  """Decodes an image; returns it and its scale relative to the stored size.
-
-  Args:
-    data: the encoded file (JPEG, PNG, BMP, WebP, or anything Pillow reads).
-    key: names the image in the error.
-    draft_size: when set, a JPEG is decoded at the smallest of 1/2, 1/4, 1/8
-      scale that keeps both sides at least `draft_size` (Pillow's
-      `Image.draft`: the JPEG decoder skips the high frequencies, cheaper
-      than decoding in full and resizing); other formats decode in full.
-
-  Returns:
-    ([H, W, 3] uint8 RGB with the EXIF orientation applied, scale) where
-    scale is 1, 1/2, 1/4 or 1/8: landmarks of the stored image map to the
-    decoded one by `wflw.resize_landmarks(points, scale)`.
-
-  Raises:
-    CorruptImageError: the data is not an image Pillow can decode in full
-      (truncated files included).
-  """
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      scale = 1.0
-      if draft_size and im.format == "JPEG":
-        width, height = im.size
-        im.draft("RGB", (int(draft_size), int(draft_size)))
-        if im.size != (width, height):
-          # The decoder shrinks by 2, 4 or 8, rounding sizes up.
-          for factor in (2, 4, 8):
-            if im.size == (-(-width // factor), -(-height // factor)):
-              scale = 1.0 / factor
-              break
-          else:
-            raise CorruptImageError(
-                f"{key}: unexpected draft size {im.size} of {width}x{height}")
-      orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation tag
-      if orientation not in (None, 1):
-        im = ImageOps.exif_transpose(im)
-      image = _to_rgb(im)
-  except CorruptImageError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    # Pillow raises many types (UnidentifiedImageError, OSError for
-    # truncated data, SyntaxError, ValueError, DecompressionBombError...).
-    raise CorruptImageError(
-        f"{key}: cannot decode image ({type(e).__name__}: {e})") from e
-  return image, scale
-
-
-def decode_image(data: bytes, key: str = "<bytes>",
-                 draft_size: int | None = None) -> np.ndarray:
-  """Decodes an image to uint8 [H, W, 3] RGB (see `decode_image_scaled`)."""
-  return decode_image_scaled(data, key, draft_size)[0]
-
-
-def read_image(path: str | os.PathLike, key: str | None = None,
-               draft_size: int | None = None) -> tuple[np.ndarray, float]:
-  """Reads and decodes an image file; CorruptImageError if it cannot."""
-  key = key or os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise CorruptImageError(f"{key}: cannot read ({e})") from e
-  return decode_image_scaled(data, key, draft_size)
 
 
 # ---------------------------------------------------------------------------
@@ -235,6 +137,13 @@ def _check_fractions(splits: Sequence[float]) -> tuple[float, float, float]:
     raise ValueError(f"splits={tuple(splits)!r} must be three non-negative "
                      "fractions (train, val, test) that sum to 1")
   return fractions  # type: ignore[return-value]
+
+
+def split_counts(num: int, fractions: Sequence[float]) -> dict[str, int]:
+  """How many of `num` items each split gets (val and test rounded)."""
+  val = int(round(num * fractions[1]))
+  test = int(round(num * fractions[2]))
+  return {TRAIN: max(num - val - test, 0), VAL: val, TEST: test}
 
 
 def hash_split(name: str, fractions: Sequence[float], seed: int = 0) -> str:
@@ -364,6 +273,7 @@ class _FileSource:
   _lm_count: int = 0
   landmark_converter: LandmarkConverter | None = None
   draft_size: int | None = None
+  provides_masks = False  # photos: the pipeline renders the face masks
 
   def _select(self, files: Sequence[str], genders: np.ndarray,
               lm_rows: np.ndarray, keep: np.ndarray) -> None:
@@ -396,9 +306,10 @@ class _FileSource:
     key = str(self._files[i])
     path = os.path.join(self._dir, *key.split("/"))
     try:
-      image, scale = read_image(path, key=path, draft_size=self.draft_size)
-    except CorruptImageError as e:
-      warn_once(path, f"skipping unreadable image: {e}")
+      image, scale = decode.read_image(path, key=path,
+                                       draft_size=self.draft_size)
+    except decode.CorruptImageError as e:
+      decode.warn_once(path, f"skipping unreadable image: {e}")
       return None
     row = int(self._lm_rows[i])
     points = self._lm_table[row] if row >= 0 else None
@@ -511,7 +422,7 @@ class ImageFolder(_FileSource):
       seed: changes which files fall in which split.
       landmark_converter: maps 68- or 5-point annotations to 98 points;
         None keeps them under `landmarks_raw` (and NaN `landmarks`).
-      draft_size: fast JPEG downscaling hint (see `decode_image_scaled`).
+      draft_size: fast JPEG downscaling hint (see `decode.decode_image_scaled`).
     """
     self.root = os.fspath(root)
     if not os.path.isdir(self.root):
@@ -809,6 +720,8 @@ class Prepared:
   image bytes are decoded here. Splits are those the preparation wrote.
   """
 
+  provides_masks = False  # the pipeline renders the face masks
+
   def __init__(self, data_dir: str | os.PathLike, split: str = TRAIN,
                gender: str = "all", draft_size: int | None = None):
     """Opens a split.
@@ -819,7 +732,7 @@ class Prepared:
       split: "train", "val" or "test".
       gender: "all", "female" or "male" (from the gender index written with
         the dataset; no image is read).
-      draft_size: fast JPEG downscaling hint (see `decode_image_scaled`).
+      draft_size: fast JPEG downscaling hint (see `decode.decode_image_scaled`).
     """
     masked_faces = _masked_faces()
     self.path = os.fspath(masked_faces.find_dataset_dir(data_dir))
@@ -854,11 +767,11 @@ class Prepared:
     stored = self._data_source()[row]
     key = _text(stored[KEY])
     try:
-      image, scale = decode_image_scaled(
+      image, scale = decode.decode_image_scaled(
           _bytes(stored[schema.IMAGE]), f"{self.path}[{self.split}] {key}",
           self.draft_size)
-    except CorruptImageError as e:
-      warn_once(f"{self.path}:{self.split}:{row}",
+    except decode.CorruptImageError as e:
+      decode.warn_once(f"{self.path}:{self.split}:{row}",
                 f"skipping undecodable record {row}: {e}")
       return None
     lm = np.array(stored[schema.LANDMARKS], np.float32)
@@ -904,20 +817,42 @@ def _text(value) -> str:
 
 
 class Procedural:
-  """`ProceduralFaces` with the record contract's `key` and approx keys.
+  """The embedded default: `ProceduralFaces` under the record contract.
 
-  Records also keep the procedural extras (`masked_image`, `mask`, `yaw`,
-  ...). Splits come from separate seed streams, as in `pipeline`.
+  `num_records` faces in all, split like a folder (`splits`, 0.9/0.05/0.05
+  by default). Each split draws from its own seed stream (`seed` plus a
+  per-split offset), so no face of one split appears in another, and
+  changing `num_records` never moves a face from one split to another.
+  Faces are drawn at `size` (the pipeline passes its image size), clamped
+  to what the drawing supports.
+
+  Records also carry the face masks of the drawing (`provides_masks`):
+  `masked_image`, `mask` and `mask_style` (an index of
+  `schema.MASK_STYLES`), besides the procedural extras (`yaw`, `roll`).
   """
 
   SEED_OFFSETS = {TRAIN: 0, VAL: 1_000_003, TEST: 2_000_006}
+  provides_masks = True
 
   def __init__(self, split: str = TRAIN, gender: str = "all",
-               size: int = 256, num_records: int = 10_000, seed: int = 0):
+               size: int = 256, num_records: int = 100_000, seed: int = 0,
+               splits: Sequence[float] = DEFAULT_SPLITS):
     self.split = _check_split(split, allow_all=False)
+    fractions = _check_fractions(splits)
+    if (isinstance(num_records, bool)
+        or not isinstance(num_records, (int, np.integer)) or num_records < 1):
+      raise ValueError(f"num_records={num_records!r} must be a positive int")
+    counts = split_counts(int(num_records), fractions)
+    if counts[self.split] < 1:
+      raise ValueError(f"procedural source: the {self.split} split of "
+                       f"{num_records} faces with splits={fractions} is "
+                       "empty; raise num_records")
+    size = int(np.clip(size, procedural.MIN_SIZE, procedural.MAX_SIZE))
     self.faces = procedural.ProceduralFaces(
-        size=size, num_records=num_records,
+        size=size, num_records=counts[self.split],
         seed=seed + self.SEED_OFFSETS[self.split], gender=gender)
+    self._styles = np.array([schema.MASK_STYLES.index(name)
+                             for name in procedural.MASK_STYLES], np.int32)
 
   def __len__(self) -> int:
     return len(self.faces)
@@ -925,6 +860,7 @@ class Procedural:
   def __getitem__(self, index) -> dict[str, Any]:
     i = _index(index, len(self), self)
     record = dict(self.faces[i])
+    record[schema.MASK_STYLE] = self._styles[record[schema.MASK_STYLE]]
     record[LANDMARKS_APPROX] = np.zeros((wflw.NUM_LANDMARKS,), np.bool_)
     record[KEY] = f"procedural/{self.faces.seed}/{self.faces.face_index(i)}"
     return record
@@ -945,7 +881,8 @@ _OPTIONS = {
              "draft_size": int},
     "celeba": {"draft_size": int},
     "prepared": {"draft_size": int},
-    "procedural": {"size": int, "num_records": int, "seed": int},
+    "procedural": {"size": int, "num_records": int, "seed": int,
+                   "splits": "fractions"},
 }
 
 
@@ -970,8 +907,8 @@ def _parse_options(kind: str, parts: list[str], spec: str) -> dict[str, Any]:
   return options
 
 
-def open_source(spec: str, split: str = TRAIN, gender: str = "all",
-                **kwargs) -> Any:
+def open_source(spec: str, split: str = TRAIN, gender: str = "all", *,
+                size_hint: int | None = None, **kwargs) -> Any:
   """Opens the source a spec names.
 
   Specs:
@@ -979,7 +916,7 @@ def open_source(spec: str, split: str = TRAIN, gender: str = "all",
     ffhq:PATH[,labels=CSV][,splits=...]                        `FFHQ`
     celeba:PATH                                                `CelebA`
     prepared:PATH                                              `Prepared`
-    procedural[:size=256,num_records=N,seed=K]                 `Procedural`
+    procedural[:num_records=N,seed=K,size=S,splits=...]       `Procedural`
   Every kind but procedural also takes `draft_size=N`. A path that
   contains commas is fine as long as the text after a comma is not
   `name=value`.
@@ -988,6 +925,9 @@ def open_source(spec: str, split: str = TRAIN, gender: str = "all",
     spec: the spec string.
     split: "train", "val" or "test" ("all" for folder kinds).
     gender: "all", "female" or "male".
+    size_hint: the side the caller will resize images to. Sources that draw
+      their images (procedural) draw them at this size unless the spec sets
+      `size`; sources that read files ignore it.
     **kwargs: more constructor arguments (e.g. `landmark_converter`).
 
   Returns:
@@ -1020,6 +960,8 @@ def open_source(spec: str, split: str = TRAIN, gender: str = "all",
     if path:
       raise ValueError(f"source spec {spec!r}: procedural takes no path "
                        "(options only, e.g. 'procedural:size=128')")
+    if size_hint and "size" not in options:
+      options["size"] = int(size_hint)
     return Procedural(split=split, gender=gender, **options)
   if not path:
     raise ValueError(f"source spec {spec!r}: {kind} needs a path "

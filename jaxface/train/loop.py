@@ -1,29 +1,22 @@
 """The shared training loop, used by every task.
 
-A task (e.g. `jaxface.train.inpaint.InpaintTask`) provides pure functions:
-
-  init_state(rng) -> state
-  train_step(state, batch, consts) -> (state, metrics)   # metrics["finite"]
-  eval_step(state, batch, consts) -> per-example arrays  # incl. "gender"
-  sample(state, batch, consts) -> image columns
-  constants() -> frozen pytree (e.g. a loss network)
-  train_data(process_index, process_count) -> grain IterDataset
-  eval_data(process_index, process_count, agree) -> list of host batches
-  sample_grid(columns, landmarks) -> uint8 image
-  summarize_eval(per_example) -> {name: float}
-
-and this loop does the rest: mesh and shardings, state created already
-sharded, automatic resume from the latest checkpoint in the workdir,
-TensorBoard scalars and image grids, console progress with rate and ETA,
-periodic evaluation, checkpoints on an interval and on SIGTERM, and an abort
-that names the step when a loss turns NaN/Inf.
+A task (`jaxface.train.task.Task`, found through the registry in
+`jaxface.tasks`) provides pure functions: state init, the train, eval and
+sample steps, its examples and what to show. `build` turns a config into a
+mesh, shardings, an abstract state and the jitted functions (also used by
+the benchmarks and the ahead-of-time compile), and `train_and_evaluate`
+does the rest: state created already sharded, automatic resume from the
+latest checkpoint in the workdir, TensorBoard scalars and image grids,
+console progress with rate and ETA, periodic evaluation, checkpoints on an
+interval and on SIGTERM, and an abort that names the step when a loss turns
+NaN/Inf.
 """
 
-import importlib
+import dataclasses
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -33,23 +26,17 @@ import numpy as np
 from absl import logging
 
 from jaxface import sharding
-from jaxface.data import schema
+from jaxface import tasks
+from jaxface import visualize
+from jaxface.data import pipeline
 from jaxface.train import checkpoint
 from jaxface.train import progress as progress_lib
+from jaxface.train import task as task_lib
 from jaxface.train import writers
 
-# config.task -> "module:Class". Adding a task is one module + one line.
-TASKS = {
-    "inpaint": "jaxface.train.inpaint:InpaintTask",
-}
-
-
-def make_task(config: ml_collections.ConfigDict) -> Any:
-  if config.task not in TASKS:
-    raise ValueError(f"config.task={config.task!r} is not a known task "
-                     f"(known: {sorted(TASKS)})")
-  module, cls = TASKS[config.task].split(":")
-  return getattr(importlib.import_module(module), cls)(config)
+# The per-step rng is fold_in(fold_in(key(seed), _STEP_STREAM), step): a
+# stream of its own, apart from the key that initialises the state.
+_STEP_STREAM = 0x57E9
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -140,6 +127,14 @@ def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, float]:
           for k in host[0] if k != "finite"}
 
 
+def _console_line(progress_line: str, scalars: dict[str, float],
+                  shown: dict[str, str]) -> str:
+  """The progress line plus the task's `console_metrics`, e.g. `| g 0.72`."""
+  parts = [f"{label} {scalars[key]:.4f}" for label, key in shown.items()
+           if key in scalars]
+  return progress_line + (" | " + " ".join(parts) if parts else "")
+
+
 def _agree_min(n: int) -> int:
   """The smallest `n` over all processes (each process calls this)."""
   if jax.process_count() == 1:
@@ -155,19 +150,96 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.replace(tmp, path)
 
 
-def evaluate(task, eval_step, state, consts, eval_batches, data_sh) -> dict:
-  """Runs the held-out batches and returns summary scalars."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A task on a mesh: what the loop, a benchmark or an AOT compile needs.
+
+  The jitted functions take and return global arrays sharded as below:
+  `train_step(state, batch, consts) -> (state, metrics)` donates `state`
+  and derives the task's rng from `config.seed` and `state.step`;
+  `eval_step(state, batch, consts)` and `sample(state, batch, consts)`
+  return replicated arrays; `init(rng)` creates the state already sharded.
+  """
+  config: ml_collections.ConfigDict
+  task: task_lib.Task
+  mesh: jax.sharding.Mesh
+  data_sharding: jax.sharding.NamedSharding
+  replicated: jax.sharding.NamedSharding
+  state_sharding: Any
+  abstract_state: Any  # ShapeDtypeStructs carrying `state_sharding`
+  train_batch_size: int  # this process's share of the global batch
+  eval_batch_size: int
+  init: Callable[..., Any]
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+  sample: Callable[..., Any]
+
+  def constants(self) -> Any:
+    """The task's constants, loaded and replicated over the mesh."""
+    return jax.device_put(self.task.constants(), self.replicated)
+
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A host batch (this process's rows) as a global sharded batch."""
+    return sharding.put_batch(batch, self.data_sharding)
+
+
+def step_rng(seed: int, step: jax.Array) -> jax.Array:
+  """The rng a task's `train_step` gets at `step` (0 for the first)."""
+  return jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(seed), _STEP_STREAM), step)
+
+
+def build(config: ml_collections.ConfigDict,
+          devices: Sequence[jax.Device] | None = None,
+          task: task_lib.Task | None = None) -> Setup:
+  """Builds `config.task` on a mesh of `devices` (default: all).
+
+  Checks the config (the task's constructor) and the batch sizes against
+  the mesh; compiles nothing yet.
+  """
+  task = task if task is not None else tasks.make(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  train_batch = sharding.per_process_batch(config.train.batch_size,
+                                           "train.batch_size", mesh)
+  eval_batch = sharding.per_process_batch(config.eval.batch_size,
+                                          "eval.batch_size", mesh)
+  data_sh, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  shapes = jax.eval_shape(task.init_state, jax.random.key(config.seed))
+  state_sh = sharding.state_shardings(mesh, shapes)
+  seed = config.seed
+
+  def train_step(state, batch, consts):
+    return task.train_step(state, batch, consts, step_rng(seed, state.step))
+
+  return Setup(
+      config=config, task=task, mesh=mesh, data_sharding=data_sh,
+      replicated=repl, state_sharding=state_sh,
+      abstract_state=checkpoint.abstract_like(shapes, state_sh),
+      train_batch_size=train_batch, eval_batch_size=eval_batch,
+      init=jax.jit(task.init_state, out_shardings=state_sh),
+      train_step=jax.jit(train_step, in_shardings=(state_sh, data_sh, repl),
+                         out_shardings=(state_sh, repl), donate_argnums=0),
+      eval_step=jax.jit(task.eval_step,
+                        in_shardings=(state_sh, data_sh, repl),
+                        out_shardings=repl),
+      sample=jax.jit(task.sample, in_shardings=(state_sh, data_sh, repl),
+                     out_shardings=repl))
+
+
+def evaluate(setup: Setup, state: Any, consts: Any,
+             eval_batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Runs the held-out batches and returns the task's summary scalars."""
   per_example = []
   for batch in eval_batches:
-    batch = sharding.put_batch(batch, data_sh)
-    per_example.append(jax.device_get(eval_step(state, batch, consts)))
+    per_example.append(jax.device_get(
+        setup.eval_step(state, setup.put(batch), consts)))
   merged = {k: np.concatenate([np.atleast_1d(p[k]) for p in per_example])
             for k in per_example[0]}
-  return task.summarize_eval(merged)
+  return setup.task.summarize_eval(merged)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices=None) -> Any:
+                       devices: Sequence[jax.Device] | None = None) -> Any:
   """Trains `config.task` in `workdir`, resuming from its latest checkpoint.
 
   Args:
@@ -179,45 +251,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     The final train state.
   """
   tc = config.train
-  task = make_task(config)
+  setup = build(config, devices)
+  task = setup.task
   process_index, process_count = jax.process_index(), jax.process_count()
   is_primary = process_index == 0
   os.makedirs(workdir, exist_ok=True)
   if is_primary:
     _write_config(workdir, config)
-
-  # ------------------------------------------------------------------ mesh
-  mesh = sharding.make_mesh(config.mesh, devices)
-  multiple = sharding.batch_multiple(mesh)
-  for key, size in (("train.batch_size", tc.batch_size),
-                    ("eval.batch_size", config.eval.batch_size)):
-    if size % multiple:
-      raise ValueError(f"config.{key}={size} must be a multiple of the "
-                       f"{multiple} data-parallel devices")
-  data_sh, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  mesh = setup.mesh
   logging.info("Mesh %s over %d devices (%s); %d process(es).",
                dict(mesh.shape), mesh.devices.size,
                mesh.devices.flat[0].platform, process_count)
 
   # ------------------------------------------------------------------ data
-  train_ds = task.train_data(process_index, process_count)
-  train_iter = iter(train_ds)
-  eval_ds = task.eval_data(process_index, process_count, _agree_min)
+  train_iter = iter(pipeline.train_dataset(
+      task.examples, config, batch_size=setup.train_batch_size,
+      process_index=process_index, process_count=process_count))
+  eval_ds = pipeline.eval_batches(
+      task.examples, config, batch_size=setup.eval_batch_size,
+      process_index=process_index, process_count=process_count,
+      agree=_agree_min)
 
   # ----------------------------------------------------------------- state
-  rng = jax.random.key(config.seed)
-  shapes = jax.eval_shape(task.init_state, rng)
-  state_sh = sharding.state_shardings(mesh, shapes)
   manager = checkpoint.make_manager(workdir, max_to_keep=tc.max_to_keep)
   latest = manager.latest_step()
   if latest is not None:
-    state = checkpoint.restore(manager, latest,
-                               checkpoint.abstract_like(shapes, state_sh),
+    state = checkpoint.restore(manager, latest, setup.abstract_state,
                                train_iter)
     logging.info("Resumed from the checkpoint of step %d in %s.", latest,
                  workdir)
   else:
-    state = jax.jit(task.init_state, out_shardings=state_sh)(rng)
+    state = setup.init(jax.random.key(config.seed))
   step = int(jax.device_get(state.step))
   if step >= tc.num_steps:
     logging.info("%s is already trained to step %d (config.train.num_steps="
@@ -226,34 +290,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if hasattr(train_iter, "close"):
       train_iter.close()
     return state
-  consts = jax.device_put(task.constants(), repl)
-
-  # ----------------------------------------------------------------- steps
-  train_step = jax.jit(task.train_step,
-                       in_shardings=(state_sh, data_sh, repl),
-                       out_shardings=(state_sh, repl), donate_argnums=0)
-  eval_step = jax.jit(task.eval_step, in_shardings=(state_sh, data_sh, repl),
-                      out_shardings=repl)
-  sample_fn = jax.jit(task.sample, in_shardings=(state_sh, data_sh, repl),
-                      out_shardings=repl)
+  consts = setup.constants()
   sample_batch = eval_ds[0]
 
   def write_samples(step):
-    columns = jax.device_get(sample_fn(
-        state, sharding.put_batch(sample_batch, data_sh), consts))
+    columns = jax.device_get(setup.sample(state, setup.put(sample_batch),
+                                          consts))
     if not is_primary:
       return
     # This process's rows come first in the global batch.
-    local = sample_batch[schema.LANDMARKS]
-    columns = {k: v[:len(local)] for k, v in columns.items()}
-    grid = task.sample_grid(columns, local)
+    local = len(next(iter(sample_batch.values())))
+    columns = {k: v[:local] for k, v in columns.items()}
+    grid = task.sample_grid(columns, sample_batch)
     writer.write_images(step, {"samples": grid[None]})
-    writers.write_png(os.path.join(workdir, "samples", f"{step:08d}.png"),
-                      grid)
+    visualize.write_png(os.path.join(workdir, "samples", f"{step:08d}.png"),
+                        grid)
 
   def run_eval(step):
     with timer.timed("eval"):
-      summary = evaluate(task, eval_step, state, consts, eval_ds, data_sh)
+      summary = evaluate(setup, state, consts, eval_ds)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in summary.items()})
     logging.info("eval @ step %d: %s", step, "  ".join(
         f"{k}={v:.4f}" for k, v in sorted(summary.items())))
@@ -278,9 +333,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     while step < tc.num_steps:
       with timer.timed("data"):
-        batch = sharding.put_batch(next(train_iter), data_sh)
+        batch = setup.put(next(train_iter))
       with timer.timed("step"):
-        state, metrics = train_step(state, batch, consts)
+        state, metrics = setup.train_step(state, batch, consts)
       step += 1
       progress.update(step)
       guard.add(step, metrics)
@@ -296,11 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars.update({f"time/{k}": v for k, v in timer.fractions().items()})
         writer.write_scalars(step, {f"train/{k}": v
                                     for k, v in scalars.items()})
-        line = progress.format(step)
-        logging.info("%s | g %.4f d %.4f l1 %.4f", line,
-                     scalars.get("g_loss", np.nan),
-                     scalars.get("d_loss", np.nan),
-                     scalars.get("loss/l1", np.nan))
+        logging.info("%s", _console_line(progress.format(step), scalars,
+                                         task.console_metrics))
       if step % tc.checkpoint_every == 0 or last or preempted:
         guard.check(manager)
         with timer.timed("checkpoint"):

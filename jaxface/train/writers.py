@@ -2,7 +2,7 @@
 
 `create_writer` returns a clu `MetricWriter`: on the primary process it logs
 every value and writes TensorBoard event files through `tensorboardX`; on
-the others it only logs. `write_png` saves sample images atomically.
+the others it only logs. (`jaxface.visualize.write_png` saves PNG files.)
 
 Import this module before anything else imports `clu.metric_writers`: see
 `_install_summary_writer_stub`.
@@ -11,14 +11,13 @@ Import this module before anything else imports `clu.metric_writers`: see
 import importlib.util
 import os
 import sys
-import tempfile
 import types
 from typing import Any, Mapping, Optional, Union
 
 from absl import logging
 import numpy as np
 
-from jaxface.train import images as images_lib
+from jaxface import visualize
 
 _STUB_NAME = "clu.metric_writers.summary_writer"
 
@@ -106,7 +105,7 @@ def _as_hwc_batch(image: Array) -> np.ndarray:
     raise ValueError(
         f"expected images [N, H, W, C] or [H, W, C] with C in (1, 3, 4), "
         f"got shape {arr.shape}")
-  return images_lib.to_uint8(arr)
+  return visualize.to_uint8(arr)
 
 
 class TensorBoardWriter(interface.MetricWriter):
@@ -253,41 +252,3 @@ def create_writer(logdir: PathLike,
   if asynchronous:
     writer = async_writer.AsyncWriter(writer)
   return writer
-
-
-def write_png(path: PathLike, image: Array) -> None:
-  """Writes an image as PNG atomically (temporary file + `os.replace`).
-
-  Readers never see a partial file, and an interrupted write leaves any
-  previous file in place. Local paths only.
-
-  Args:
-    path: Destination; missing parent directories are created.
-    image: `[H, W]` or `[H, W, C]` with C in (1, 3, 4); uint8, or float in
-      [0, 1].
-  """
-  # Imported here: only this function needs Pillow.
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  arr = images_lib.to_uint8(np.asarray(image))
-  if arr.ndim == 3 and arr.shape[-1] == 1:
-    arr = arr[..., 0]
-  if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-    raise ValueError(f"expected [H, W] or [H, W, C] image, got {arr.shape}")
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-      dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
-    # mkstemp creates the file private (0600); give it the usual mode.
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    raise

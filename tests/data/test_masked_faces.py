@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxface.data import decode
 from jaxface.data import masked_faces
 from jaxface.data import procedural
 from jaxface.data import schema
@@ -206,9 +207,9 @@ def test_bad_examples_and_arguments(tmp_path):
 def test_encode_image():
   image = _FACES[3][schema.IMAGE]
   png = masked_faces.encode_image(image, "png")
-  np.testing.assert_array_equal(sources.decode_image(png), image)
+  np.testing.assert_array_equal(decode.decode_image(png), image)
   jpeg = masked_faces.encode_image(image, "jpeg", quality=90)
   assert jpeg[:2] == b"\xff\xd8"
-  assert np.abs(sources.decode_image(jpeg).astype(float) - image).mean() < 4
+  assert np.abs(decode.decode_image(jpeg).astype(float) - image).mean() < 4
   with pytest.raises(ValueError, match="format"):
     masked_faces.encode_image(image, "gif")

@@ -1,4 +1,4 @@
-"""grain pipelines: per-task examples, determinism, resume, bad files."""
+"""grain pipelines: task examples, determinism, resume, bad files."""
 
 import csv
 import logging
@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from jaxface import tasks
+from jaxface.data import examples
+from jaxface.data import facemask
 from jaxface.data import masked_faces
 from jaxface.data import pipeline
 from jaxface.data import procedural
@@ -37,6 +40,30 @@ def make_folder(root: pathlib.Path, n: int = 12, size: int = 96,
   return f"folder:{root},splits=1/0/0"
 
 
+def _everything(face, rng):
+  del rng
+  return {schema.IMAGE: face.image, schema.MASKED_IMAGE: face.masked_image,
+          schema.MASK: face.mask, schema.LANDMARKS: face.landmarks,
+          schema.LANDMARKS_APPROX: face.landmarks_approx,
+          schema.GENDER: face.gender, schema.MASK_STYLE: face.mask_style}
+
+
+# Every field of a Face, under its schema key.
+EVERYTHING = examples.ExampleSpec(keys=schema.KEYS, make=_everything)
+INPAINT = tasks.examples("inpaint")
+
+
+def _labelled(face, rng):
+  del rng
+  if face.gender < 0:
+    return None  # the task declines: no label to learn from
+  return {schema.IMAGE: face.masked_image, schema.GENDER: face.gender}
+
+
+LABELLED = examples.ExampleSpec(keys=(schema.IMAGE, schema.GENDER),
+                                make=_labelled)
+
+
 def config_for(source: str, size: int = 64, batch: int = 4, **data):
   c = inpaint_config.get_config("tiny")
   c.data.source = source
@@ -49,43 +76,66 @@ def config_for(source: str, size: int = 64, batch: int = 4, **data):
   return c
 
 
-@pytest.mark.parametrize("task", pipeline.TASKS)
-def test_every_task_yields_its_contract(tmp_path, task):
+def train_batches(spec, c, **kw):
+  return iter(pipeline.train_dataset(spec, c, batch_size=c.train.batch_size,
+                                     **kw))
+
+
+@pytest.mark.parametrize("name", tasks.names())
+def test_every_registered_task_yields_its_declared_keys(tmp_path, name):
+  spec = tasks.examples(name)
   c = config_for(make_folder(tmp_path), size=64,
                  mask_styles="surgical,n95,cloth_printed")
-  batch = next(iter(pipeline.train_dataset(task, c)))
-  assert batch[schema.IMAGE].shape == (4, 64, 64, 3)
-  assert batch[schema.IMAGE].dtype == np.uint8
-  if task != "gender":
+  batch = next(train_batches(spec, c))
+  assert set(batch) == set(spec.keys)
+  for key in (schema.IMAGE, schema.MASKED_IMAGE):
+    if key in batch:
+      assert batch[key].shape == (4, 64, 64, 3)
+      assert batch[key].dtype == np.uint8
+  if schema.MASK in batch:
     assert batch[schema.MASK].shape == (4, 64, 64, 1)
     assert set(np.unique(batch[schema.MASK])) <= {0, 1}
     assert batch[schema.MASK].mean() > 0.05
-  if task in ("inpaint", "landmarks"):
+  if schema.LANDMARKS in batch:
     assert batch[schema.LANDMARKS].shape == (4, 98, 2)
     assert np.all(np.isfinite(batch[schema.LANDMARKS]))
-  if task in ("inpaint", "gender"):
+  if schema.GENDER in batch:
     assert set(batch[schema.GENDER]) <= {0, 1}
 
 
-def test_inpaint_image_is_clean_and_segment_image_wears_the_mask(tmp_path):
+def test_face_is_clean_and_masked_image_wears_the_mask(tmp_path):
   c = config_for(make_folder(tmp_path), flip=False, mask_styles="surgical")
-  inp = pipeline.fixed_batch("inpaint", c, 2)
-  seg = pipeline.fixed_batch("segment", c, 2)
-  np.testing.assert_array_equal(inp[schema.MASK], seg[schema.MASK])
-  hole = seg[schema.MASK][..., 0] == 1
-  outside = seg[schema.MASK][..., 0] == 0
-  changed = np.any(inp[schema.IMAGE] != seg[schema.IMAGE], axis=-1)
+  batch = pipeline.fixed_batch(EVERYTHING, c, 2)
+  inp = pipeline.fixed_batch(INPAINT, c, 2)
+  np.testing.assert_array_equal(inp[schema.IMAGE], batch[schema.IMAGE])
+  np.testing.assert_array_equal(inp[schema.MASK], batch[schema.MASK])
+  hole = batch[schema.MASK][..., 0] == 1
+  outside = batch[schema.MASK][..., 0] == 0
+  changed = np.any(batch[schema.IMAGE] != batch[schema.MASKED_IMAGE],
+                   axis=-1)
   assert changed[hole].mean() > 0.9
   # Outside the mask (away from its soft edge) the pixels are untouched.
   assert changed[outside].mean() < 0.05
+  assert batch[schema.LANDMARKS_APPROX].shape == (2, 98)
+  assert not batch[schema.LANDMARKS_APPROX].any()  # labels.csv: 98 points
+
+
+def test_an_example_with_undeclared_keys_names_the_maker(tmp_path):
+  spec = examples.ExampleSpec(keys=(schema.IMAGE, schema.GENDER),
+                              make=_everything)
+  c = config_for(make_folder(tmp_path))
+  with pytest.raises(ValueError, match="_everything.*declares"):
+    pipeline.fixed_batch(spec, c, 2)
+  with pytest.raises(ValueError, match="batch contract"):
+    examples.ExampleSpec(keys=("pixels",), make=_everything)
 
 
 def test_examples_depend_only_on_record_and_epoch(tmp_path):
   source = make_folder(tmp_path)
   c = config_for(source)
   maker = pipeline.ExampleMaker(
-      "inpaint", c.data, pipeline.make_source(c.data, "train"),
-      pipeline.make_renderer(c.data), seed=c.seed, augment=True)
+      INPAINT, c.data, pipeline.open_split(c.data, "train"), seed=c.seed,
+      augment=True)
   n = maker.num_records
   a = maker(0, 3)               # record 3, epoch 0
   b = maker(5, 3)               # same record and epoch, another position
@@ -97,24 +147,24 @@ def test_examples_depend_only_on_record_and_epoch(tmp_path):
 
 def test_same_batches_for_same_seed_and_different_for_another(tmp_path):
   source = make_folder(tmp_path)
-  first = [next(iter(pipeline.train_dataset("inpaint", config_for(source))))
+  first = [next(train_batches(INPAINT, config_for(source)))
            for _ in range(2)]
   for key in first[0]:
     np.testing.assert_array_equal(first[0][key], first[1][key])
   other = config_for(source)
   other.seed = 9
-  batch = next(iter(pipeline.train_dataset("inpaint", other)))
+  batch = next(train_batches(INPAINT, other))
   assert not np.array_equal(batch[schema.IMAGE], first[0][schema.IMAGE])
 
 
 def test_restored_iterator_yields_the_same_next_batch(tmp_path):
   c = config_for(make_folder(tmp_path))
-  it = iter(pipeline.train_dataset("inpaint", c))
+  it = train_batches(INPAINT, c)
   for _ in range(5):  # past the end of the first epoch (12 records)
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  it2 = iter(pipeline.train_dataset("inpaint", c))
+  it2 = train_batches(INPAINT, c)
   it2.set_state(state)
   for want in expected:
     got = next(it2)
@@ -126,7 +176,7 @@ def test_corrupt_jpeg_is_skipped_with_a_warning(tmp_path, caplog):
   source = make_folder(tmp_path, n=12, corrupt=True)
   c = config_for(source, batch=4)
   with caplog.at_level(logging.WARNING):
-    it = iter(pipeline.train_dataset("inpaint", c))
+    it = train_batches(INPAINT, c)
     batches = [next(it) for _ in range(6)]  # two epochs of 12 good images
   assert "broken.jpg" in caplog.text
   for b in batches:
@@ -137,26 +187,24 @@ def test_per_process_shards_are_disjoint(tmp_path):
   c = config_for(make_folder(tmp_path, n=12), batch=4, flip=False)
   seen = []
   for index in range(2):
-    ds = pipeline.train_dataset("segment", c, process_index=index,
-                                process_count=2)
-    it = iter(ds)
+    it = train_batches(EVERYTHING, c, process_index=index, process_count=2)
     seen.append({next(it)[schema.IMAGE].tobytes() for _ in range(3)})
-  # Each process's 3 batches of 2 cover its 6 records; no image is shared.
+  # Each process's 3 batches cover its 6 records; no image is shared.
   assert not seen[0] & seen[1]
 
 
 def test_eval_batches_are_fixed(tmp_path):
   c = config_for(make_folder(tmp_path, n=12), batch=4)
   c.eval.num_batches = 2
-  first = pipeline.eval_batches("inpaint", c, split="train")
-  again = pipeline.eval_batches("inpaint", c, split="train")
+  first = pipeline.eval_batches(INPAINT, c, batch_size=4, split="train")
+  again = pipeline.eval_batches(INPAINT, c, batch_size=4, split="train")
   assert len(first) == 2
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a[schema.IMAGE], b[schema.IMAGE])
     np.testing.assert_array_equal(a[schema.MASK], b[schema.MASK])
 
 
-def test_gender_task_drops_unlabelled_records(tmp_path):
+def test_examples_a_task_declines_are_dropped(tmp_path):
   source = make_folder(tmp_path, n=8)
   rows = list(csv.reader(open(tmp_path / "labels.csv")))
   for row in rows[1:5]:
@@ -164,23 +212,31 @@ def test_gender_task_drops_unlabelled_records(tmp_path):
   with open(tmp_path / "labels.csv", "w", newline="") as f:
     csv.writer(f).writerows(rows)
   c = config_for(source, batch=4)
-  batch = next(iter(pipeline.train_dataset("gender", c)))
-  assert set(batch[schema.GENDER]) <= {0, 1}
+  it = train_batches(LABELLED, c)
+  for _ in range(3):  # several epochs of the 4 labelled faces
+    assert set(next(it)[schema.GENDER]) <= {0, 1}
 
 
 def test_bad_source_names_the_config_key():
   c = config_for("nowhere:/x")
   with pytest.raises(ValueError, match="config.data.source"):
-    pipeline.train_dataset("inpaint", c)
+    train_batches(INPAINT, c)
   c = config_for("procedural", mask_styles="surgical,disco")
   with pytest.raises(ValueError, match="mask_styles"):
-    pipeline.train_dataset("inpaint", c)
+    train_batches(INPAINT, c)
+
+
+def test_source_masks_only_where_the_source_has_them(tmp_path):
+  c = config_for(make_folder(tmp_path), mask_styles="source")
+  with pytest.raises(ValueError, match="config.data.mask_styles.*no face "
+                     "masks of its own"):
+    train_batches(INPAINT, c)
 
 
 def test_procedural_default_uses_its_own_masks():
   c = config_for("procedural", size=64)
-  batch = pipeline.fixed_batch("inpaint", c, 2)
-  source = pipeline.make_source(c.data, "train")
+  batch = pipeline.fixed_batch(INPAINT, c, 2)
+  source = pipeline.open_split(c.data, "train")
   np.testing.assert_array_equal(batch[schema.MASK][0, ..., 0],
                                 source[0][schema.MASK])
 
@@ -195,10 +251,9 @@ def test_batches_do_not_depend_on_the_worker_count(tmp_path, workers):
   for i in (1, 5, 6):
     (tmp_path / f"{i:03d}.jpg").write_bytes(b"\xff\xd8 broken")
   c = config_for(source)
-  want = [b for _, b in zip(range(4), iter(pipeline.train_dataset(
-      "inpaint", c)))]
+  want = [b for _, b in zip(range(4), train_batches(INPAINT, c))]
   c.data.worker_count = workers
-  it = iter(pipeline.train_dataset("inpaint", c))
+  it = train_batches(INPAINT, c)
   got = [next(it) for _ in range(4)]
   it.close()
   for a, b in zip(want, got):
@@ -206,12 +261,13 @@ def test_batches_do_not_depend_on_the_worker_count(tmp_path, workers):
       np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_segment_examples_carry_the_mask_style(tmp_path):
-  from jaxface.data import facemask  # pylint: disable=g-import-not-at-top
+def test_faces_carry_the_mask_style(tmp_path):
   c = config_for(make_folder(tmp_path), mask_styles="kn95")
-  batch = pipeline.fixed_batch("segment", c, 2)
+  batch = pipeline.fixed_batch(EVERYTHING, c, 2)
   assert list(batch[schema.MASK_STYLE]) == [facemask.STYLE_ID["kn95"]] * 2
+  # The procedural source's own masks, named in the same table.
   c = config_for("procedural")
-  batch = pipeline.fixed_batch("segment", c, 4)
-  names = {facemask.STYLES[i] for i in batch[schema.MASK_STYLE]}
+  batch = pipeline.fixed_batch(EVERYTHING, c, 8)
+  names = {schema.MASK_STYLES[i] for i in batch[schema.MASK_STYLE]}
   assert names <= set(procedural.MASK_STYLES)
+  assert len(names) > 1

@@ -1,15 +1,21 @@
-"""Tests of the file sources (folder, CelebA, FFHQ), decoding and specs."""
+"""Tests of the sources (folder, CelebA, FFHQ, ...), decoding, specs, splits."""
 
 import csv
+import hashlib
 import io
+import itertools
 import os
 import pickle
 
 import grain
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
+from jaxface.data import decode
+from jaxface.data import masked_faces
+from jaxface.data import pipeline
 from jaxface.data import procedural
 from jaxface.data import schema
 from jaxface.data import sources
@@ -240,8 +246,8 @@ def test_corrupt_files_are_skipped_with_one_warning(tmp_path, caplog):
   assert sorted(keys) == [f"ok{k}.jpg" for k in range(4)]
   ds = grain.MapDataset.source(src).map(lambda r: r[schema.IMAGE].mean())
   assert len(list(ds.to_iter_dataset())) == 4
-  with pytest.raises(sources.CorruptImageError, match="noise.jpg"):
-    sources.read_image(tmp_path / "noise.jpg")
+  with pytest.raises(decode.CorruptImageError, match="noise.jpg"):
+    decode.read_image(tmp_path / "noise.jpg")
 
 
 def test_decode_exif_orientation_and_draft(tmp_path):
@@ -251,7 +257,7 @@ def test_decode_exif_orientation_and_draft(tmp_path):
   exif[0x0112] = 6  # rotate 90 degrees clockwise to display
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format="JPEG", exif=exif, quality=95)
-  decoded = sources.decode_image(buf.getvalue(), "rotated.jpg")
+  decoded = decode.decode_image(buf.getvalue(), "rotated.jpg")
   assert decoded.shape == (60, 40, 3)
   assert decoded[:20, -10:].mean() > 200  # now at the top right
   # Draft: 1/4 scale, landmarks follow.
@@ -266,16 +272,16 @@ def test_decode_exif_orientation_and_draft(tmp_path):
   np.testing.assert_allclose(
       small[schema.LANDMARKS],
       wflw.resize_landmarks(face[schema.LANDMARKS], 0.25), atol=1e-3)
-  image, scale = sources.decode_image_scaled(
+  image, scale = decode.decode_image_scaled(
       (tmp_path / "big.jpg").read_bytes(), draft_size=100)
   assert image.shape == (128, 128, 3) and scale == 0.5
   # PNG ignores the hint; grey and RGBA come out RGB.
   buf = io.BytesIO()
   Image.fromarray(face[schema.IMAGE]).convert("LA").save(buf, format="PNG")
-  grey, scale = sources.decode_image_scaled(buf.getvalue(), draft_size=64)
+  grey, scale = decode.decode_image_scaled(buf.getvalue(), draft_size=64)
   assert grey.shape == (256, 256, 3) and scale == 1.0
-  with pytest.raises(sources.CorruptImageError, match="empty"):
-    sources.decode_image(b"", "empty")
+  with pytest.raises(decode.CorruptImageError, match="empty"):
+    decode.decode_image(b"", "empty")
 
 
 def test_pickle_and_grain_workers_view(tmp_path):
@@ -440,11 +446,20 @@ def test_open_source_specs(tmp_path):
   src = sources.open_source(f"folder:{tmp_path},splits=0.5/0.5/0,seed=3",
                             split="test")
   assert len(src) == 0
-  proc = sources.open_source("procedural:size=64,num_records=3", split="val")
+  proc = sources.open_source("procedural:size=64,num_records=40",
+                             split="val")
+  assert len(proc) == 2  # 5 % of 40
   record = proc[0]
   assert record[schema.IMAGE].shape == (64, 64, 3)
   assert record[sources.KEY].startswith("procedural/")
   assert not np.any(record[sources.LANDMARKS_APPROX])
+  # The pipeline's image size is a hint only drawn sources take.
+  assert sources.open_source("procedural", size_hint=96)[0][
+      schema.IMAGE].shape == (96, 96, 3)
+  assert sources.open_source("procedural:size=64", size_hint=96)[0][
+      schema.IMAGE].shape == (64, 64, 3)
+  with pytest.raises(ValueError, match="val split.*is empty"):
+    sources.open_source("procedural:num_records=3", split="val")
   with pytest.raises(ValueError, match="folder, celeba, ffhq, prepared"):
     sources.open_source(f"tfrecord:{tmp_path}")
   with pytest.raises(ValueError, match="unknown option 'color'"):
@@ -453,6 +468,84 @@ def test_open_source_specs(tmp_path):
     sources.open_source("celeba:")
   with pytest.raises(FileNotFoundError):
     sources.open_source(f"folder:{tmp_path}/absent")
+
+
+# ---------------------------------------------------------------------------
+# Splits, through the pipelines' one path from a config to a source.
+
+
+def _prepared(root):
+  faces = procedural.ProceduralFaces(size=64, num_records=12, seed=2)
+
+  def split(indices):
+    for k in indices:
+      yield {"image": faces[k][schema.IMAGE],
+             "landmarks": faces[k][schema.LANDMARKS],
+             "landmarks_approx": np.zeros(98, bool),
+             "gender": int(faces[k][schema.GENDER]), "key": f"f{k:02d}.png",
+             "landmark_teacher": "procedural"}
+
+  masked_faces.write_dataset(
+      root, {"train": split(range(8)), "val": split(range(8, 10)),
+             "test": split(range(10, 12))}, description="", metadata={})
+  return f"prepared:{root}"
+
+
+def _spec_of_kind(kind, root):
+  if kind == "folder":
+    _make_tree(root)
+    return f"folder:{root},splits=0.5/0.25/0.25"
+  if kind == "ffhq":
+    _make_ffhq(root, list(range(0, 70000, 2500)))
+    return f"ffhq:{root}"
+  if kind == "celeba":
+    _make_celeba(root, count=12)
+    return f"celeba:{root}"
+  if kind == "prepared":
+    return _prepared(root)
+  return "procedural:num_records=200"
+
+
+def _identities(spec, split):
+  """(key, image digest) of every record of a split, opened as the training
+  and evaluation pipelines open it."""
+  data = ml_collections.ConfigDict(dict(source=spec, gender="all",
+                                        image_size=64))
+  source = pipeline.open_split(data, split)
+  keys, images = set(), set()
+  for i in range(len(source)):
+    record = source[i]
+    keys.add(record[sources.KEY])
+    images.add(hashlib.sha1(record[schema.IMAGE].tobytes()).hexdigest())
+  return keys, images, len(source)
+
+
+def _overlaps(spec):
+  ids = {s: _identities(spec, s) for s in sources.SPLITS}
+  out = []
+  for a, b in itertools.combinations(sources.SPLITS, 2):
+    if ids[a][0] & ids[b][0]:
+      out.append(f"{a}/{b} share keys")
+    # Files in these trees may repeat pixels; drawn faces must not.
+    if spec.startswith("procedural") and ids[a][1] & ids[b][1]:
+      out.append(f"{a}/{b} share faces")
+  return out, {s: ids[s][2] for s in sources.SPLITS}
+
+
+@pytest.mark.parametrize("kind", sources.KINDS)
+def test_train_val_test_are_disjoint_for_every_kind(tmp_path, kind):
+  overlaps, sizes = _overlaps(_spec_of_kind(kind, tmp_path))
+  assert not overlaps, (overlaps, sizes)
+  assert sizes["train"] > 0 and sizes["val"] > 0, sizes
+
+
+def test_the_split_test_catches_a_shared_seed_stream(monkeypatch):
+  # The bug this guards against: test drawn from the validation stream.
+  offsets = dict(sources.Procedural.SEED_OFFSETS)
+  offsets[sources.TEST] = offsets[sources.VAL]
+  monkeypatch.setattr(sources.Procedural, "SEED_OFFSETS", offsets)
+  overlaps, _ = _overlaps("procedural:num_records=200")
+  assert "val/test share faces" in overlaps
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 import importlib.util
 import io
-import os
 import pathlib
 import struct
 import subprocess
@@ -131,22 +130,6 @@ def test_create_writer_non_primary_writes_no_files(tmp_path):
   w.write_scalars(1, {"psnr": 30.0})
   w.close()
   assert not logdir.exists() or not any(logdir.iterdir())
-
-
-def test_write_png_atomic(tmp_path):
-  path = tmp_path / "samples" / "step_100.png"
-  rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-  writers.write_png(path, rgb)
-  np.testing.assert_array_equal(np.asarray(Image.open(path)), rgb)
-  # Overwrite with a float grayscale image.
-  gray = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4, 1)
-  writers.write_png(str(path), gray)
-  np.testing.assert_array_equal(
-      np.asarray(Image.open(path)), np.round(gray[..., 0] * 255))
-  assert sorted(os.listdir(path.parent)) == ["step_100.png"]  # no temp files
-  with pytest.raises(ValueError):
-    writers.write_png(path, np.zeros((3, 4, 2), np.uint8))
-  assert sorted(os.listdir(path.parent)) == ["step_100.png"]
 
 
 def test_no_tensorflow_imported(tmp_path):

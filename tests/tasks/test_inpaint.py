@@ -1,4 +1,4 @@
-"""The GAN step and the shared loop, end to end on tiny configs (CPU)."""
+"""The inpainting task (the GAN step) on the shared loop, tiny configs (CPU)."""
 
 import os
 import pathlib
@@ -15,7 +15,7 @@ import pytest
 from jaxface import sharding
 from jaxface.data import pipeline
 from jaxface.models import layers
-from jaxface.train import inpaint
+from jaxface.tasks import inpaint
 from jaxface.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -30,8 +30,7 @@ def tiny_config(**train):
   c.model.generator.num_res_blocks = 2
   c.model.discriminator.width = 8
   c.losses.vgg_width = 8
-  c.data.num_train = 64
-  c.data.num_val = 8
+  c.data.source = "procedural:num_records=160"  # 144 train, 8 val, 8 test
   c.train.batch_size = 4
   c.eval.batch_size = 4
   c.eval.num_batches = 1
@@ -42,7 +41,11 @@ def tiny_config(**train):
 
 
 def fixed_batch(config, n=None):
-  return pipeline.fixed_batch("inpaint", config, n or config.train.batch_size)
+  return pipeline.fixed_batch(inpaint.EXAMPLES, config,
+                              n or config.train.batch_size)
+
+
+RNG = jax.random.key(0)  # the task's rng argument: unused by the GAN step
 
 
 def _leaves_equal(a, b):
@@ -57,7 +60,7 @@ def test_gan_step_updates_both_networks_with_finite_metrics():
   state = task.init_state(jax.random.key(0))
   consts = task.constants()
   new_state, metrics = jax.jit(task.train_step)(state, fixed_batch(config),
-                                                consts)
+                                                consts, RNG)
   assert int(new_state.step) == 1
   assert not _leaves_equal(state.g_params, new_state.g_params)
   assert not _leaves_equal(state.d_params, new_state.d_params)
@@ -82,18 +85,18 @@ def test_generator_update_goes_through_the_pre_update_discriminator():
   state = task.init_state(jax.random.key(0))
   consts, batch = task.constants(), fixed_batch(config)
   step = jax.jit(task.train_step)
-  a, _ = step(state, batch, consts)
+  a, _ = step(state, batch, consts, RNG)
   # Same D parameters, another Adam state: D's *update* changes, D before
   # the update does not. G must not notice.
   adam = state.d_opt[0]
   other_opt = (adam._replace(nu=jax.tree.map(lambda x: x + 1e-4, adam.nu)),
                *state.d_opt[1:])
-  b, _ = step(state.replace(d_opt=other_opt), batch, consts)
+  b, _ = step(state.replace(d_opt=other_opt), batch, consts, RNG)
   assert not _leaves_equal(a.d_params, b.d_params)
   assert _leaves_equal(a.g_params, b.g_params)
   # Other D parameters do change G's update: D really is in the G loss.
   c, _ = step(state.replace(d_params=task.init_state(
-      jax.random.key(1)).d_params), batch, consts)
+      jax.random.key(1)).d_params), batch, consts, RNG)
   assert not _leaves_equal(a.g_params, c.g_params)
 
 
@@ -106,7 +109,7 @@ def test_thirty_steps_on_one_batch_halve_the_l1_term():
   step = jax.jit(task.train_step, donate_argnums=0)
   l1 = []
   for _ in range(30):
-    state, metrics = step(state, batch, consts)
+    state, metrics = step(state, batch, consts, RNG)
     l1.append(float(metrics["loss/l1"]))
   assert l1[-1] <= 0.5 * l1[0], l1
 
@@ -215,7 +218,8 @@ def test_sigterm_saves_and_resume_continues(tmp_path):
           "--config.model.generator.num_res_blocks=2",
           "--config.model.discriminator.width=8",
           "--config.losses.vgg_width=8", "--config.train.batch_size=4",
-          "--config.data.num_train=64", "--config.eval.batch_size=4",
+          "--config.data.source=procedural:num_records=160",
+          "--config.eval.batch_size=4",
           "--config.eval.num_batches=1"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -1,9 +1,13 @@
-"""Host-side image helpers for summaries: uint8 conversion, grids, landmarks.
+"""Pictures for people: uint8 conversion, grids, landmark dots, PNG files.
 
-Everything here is NumPy on the host; pass device arrays through
-`jax.device_get` (or `np.asarray`) first.
+Used by the training loop's sample grids, the tasks' `sample_grid`, the
+TensorBoard writer and the data layer's contact sheet. Everything here is
+NumPy on the host; pass device arrays through `jax.device_get` (or
+`np.asarray`) first.
 """
 
+import os
+import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -154,3 +158,41 @@ def draw_points(image: np.ndarray,
           & (cy < height))
   out[bi[keep], cy[keep], cx[keep]] = value
   return out[0] if single else out
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes an image as PNG atomically (temporary file + `os.replace`).
+
+  Readers never see a partial file, and an interrupted write leaves any
+  previous file in place. Local paths only.
+
+  Args:
+    path: Destination; missing parent directories are created.
+    image: `[H, W]` or `[H, W, C]` with C in (1, 3, 4); uint8, or float in
+      [0, 1].
+  """
+  # Imported here: only this function needs Pillow.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  arr = to_uint8(np.asarray(image))
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+    raise ValueError(f"expected [H, W] or [H, W, C] image, got {arr.shape}")
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(
+      dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
+    # mkstemp creates the file private (0600); give it the usual mode.
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    try:
+      os.unlink(tmp)
+    except OSError:
+      pass
+    raise

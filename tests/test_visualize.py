@@ -1,27 +1,30 @@
-"""Tests for jaxface.train.images: grids and landmark dots."""
+"""Tests for jaxface.visualize: grids, landmark dots, PNG files."""
+
+import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
-from jaxface.train import images
+from jaxface import visualize
 
 
 def test_to_uint8():
   x = np.array([-0.5, 0.0, 0.5, 1.0, 2.0], np.float32)
-  np.testing.assert_array_equal(images.to_uint8(x), [0, 0, 128, 255, 255])
+  np.testing.assert_array_equal(visualize.to_uint8(x), [0, 0, 128, 255, 255])
   u = np.array([3, 200], np.uint8)
-  assert images.to_uint8(u) is u
-  np.testing.assert_array_equal(images.to_uint8(np.array([True, False])),
+  assert visualize.to_uint8(u) is u
+  np.testing.assert_array_equal(visualize.to_uint8(np.array([True, False])),
                                 [255, 0])
   with pytest.raises(TypeError):
-    images.to_uint8(np.array([1, 2], np.int32))
+    visualize.to_uint8(np.array([1, 2], np.int32))
 
 
 @pytest.mark.parametrize("rows,cols,pad", [(3, 2, 2), (1, 1, 0), (8, 5, 1)])
 def test_grid_shape(rows, cols, pad):
   h, w = 6, 4
   columns = [np.zeros((rows, h, w, 3), np.float32) for _ in range(cols)]
-  grid = images.make_grid(columns, pad=pad)
+  grid = visualize.make_grid(columns, pad=pad)
   assert grid.dtype == np.uint8
   assert grid.shape == (rows * (h + pad) + pad, cols * (w + pad) + pad, 3)
 
@@ -29,8 +32,8 @@ def test_grid_shape(rows, cols, pad):
 def test_grid_rows_limited_by_max_rows_and_smallest_batch():
   a = np.zeros((10, 5, 5, 3), np.float32)
   b = np.zeros((6, 5, 5, 1), np.uint8)
-  assert images.make_grid([a], max_rows=4, pad=1).shape[0] == 4 * 6 + 1
-  assert images.make_grid([a, b], max_rows=8, pad=1).shape[0] == 6 * 6 + 1
+  assert visualize.make_grid([a], max_rows=4, pad=1).shape[0] == 4 * 6 + 1
+  assert visualize.make_grid([a, b], max_rows=8, pad=1).shape[0] == 6 * 6 + 1
 
 
 def test_grid_values_at_the_right_places():
@@ -39,7 +42,7 @@ def test_grid_values_at_the_right_places():
   col_float = rng.random((3, h, w, 3)).astype(np.float32)
   col_gray = rng.integers(0, 256, (3, h, w, 1), dtype=np.uint8)
   col_u8 = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
-  grid = images.make_grid([col_float, col_gray, col_u8], pad=pad,
+  grid = visualize.make_grid([col_float, col_gray, col_u8], pad=pad,
                           pad_value=0.0)
   for i in range(3):
     y0 = pad + i * (h + pad)
@@ -56,17 +59,17 @@ def test_grid_values_at_the_right_places():
 
 
 def test_grid_pad_value_and_errors():
-  grid = images.make_grid([np.zeros((1, 2, 2, 3), np.float32)], pad=1)
+  grid = visualize.make_grid([np.zeros((1, 2, 2, 3), np.float32)], pad=1)
   assert grid[0, 0].tolist() == [255, 255, 255]
   assert grid[1, 1].tolist() == [0, 0, 0]
   with pytest.raises(ValueError):
-    images.make_grid([])
+    visualize.make_grid([])
   with pytest.raises(ValueError):
-    images.make_grid([np.zeros((1, 2, 2, 3)), np.zeros((1, 3, 2, 3))])
+    visualize.make_grid([np.zeros((1, 2, 2, 3)), np.zeros((1, 3, 2, 3))])
   with pytest.raises(ValueError):
-    images.make_grid([np.zeros((2, 2, 3))])
+    visualize.make_grid([np.zeros((2, 2, 3))])
   with pytest.raises(ValueError):
-    images.make_grid([np.zeros((1, 2, 2, 2))])
+    visualize.make_grid([np.zeros((1, 2, 2, 2))])
 
 
 def test_draw_points_single_image():
@@ -74,7 +77,7 @@ def test_draw_points_single_image():
   # (x, y) = (2, 3) -> row 3, col 2. A point off the image and a NaN point
   # draw nothing.
   pts = np.array([[2.2, 2.9], [100.0, -50.0], [np.nan, 1.0]])
-  out = images.draw_points(img, pts, radius=1, color=(1.0, 0.5, 0.0))
+  out = visualize.draw_points(img, pts, radius=1, color=(1.0, 0.5, 0.0))
   assert out.shape == (7, 9, 3) and out.dtype == np.float32
   drawn = np.argwhere(out[..., 0] > 0)
   want = {(3, 2), (2, 2), (4, 2), (3, 1), (3, 3)}  # disk of radius 1
@@ -86,13 +89,29 @@ def test_draw_points_single_image():
 def test_draw_points_batch_uint8_and_clipping():
   img = np.full((2, 5, 5, 3), 10, np.uint8)
   pts = np.array([[[0.0, 0.0]], [[4.0, 4.0]]])
-  out = images.draw_points(img, pts, radius=0, color=(0.0, 1.0, 0.0))
+  out = visualize.draw_points(img, pts, radius=0, color=(0.0, 1.0, 0.0))
   assert out.dtype == np.uint8
   assert out[0, 0, 0].tolist() == [0, 255, 0]
   assert out[1, 4, 4].tolist() == [0, 255, 0]
   assert np.count_nonzero(np.any(out != 10, axis=-1)) == 2
   # A radius-2 dot at a corner is clipped to the pixels inside the image.
-  out = images.draw_points(img[:1], pts[:1], radius=2)
+  out = visualize.draw_points(img[:1], pts[:1], radius=2)
   assert np.count_nonzero(np.any(out[0] != 10, axis=-1)) == 6
   with pytest.raises(ValueError):
-    images.draw_points(img, pts[:1])
+    visualize.draw_points(img, pts[:1])
+
+
+def test_write_png_atomic(tmp_path):
+  path = tmp_path / "samples" / "step_100.png"
+  rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  visualize.write_png(path, rgb)
+  np.testing.assert_array_equal(np.asarray(Image.open(path)), rgb)
+  # Overwrite with a float grayscale image.
+  gray = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4, 1)
+  visualize.write_png(str(path), gray)
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(path)), np.round(gray[..., 0] * 255))
+  assert sorted(os.listdir(path.parent)) == ["step_100.png"]  # no temp files
+  with pytest.raises(ValueError):
+    visualize.write_png(path, np.zeros((3, 4, 2), np.uint8))
+  assert sorted(os.listdir(path.parent)) == ["step_100.png"]

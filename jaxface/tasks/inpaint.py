@@ -24,53 +24,48 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxface import config_utils
 from jaxface import losses
 from jaxface import metrics
-from jaxface.data import pipeline
+from jaxface import visualize
+from jaxface.data import examples
 from jaxface.data import schema
+from jaxface.models import attention
 from jaxface.models import inpaint
 from jaxface.models import layers
 from jaxface.models import vgg
-from jaxface.train import images
+from jaxface.train import task as task_lib
 from jaxface.weights import vgg as vgg_weights
 
 SN = layers.SPECTRAL_STATS
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-          "float16": jnp.float16}
+
+def make_example(face: examples.Face,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """The clean face, the hole to fill, the landmarks that guide it."""
+  del rng  # no task-specific augmentation
+  return {schema.IMAGE: face.image, schema.MASK: face.mask,
+          schema.LANDMARKS: face.landmarks, schema.GENDER: face.gender}
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  try:
-    return DTYPES[config.compute_dtype]
-  except KeyError:
-    raise ValueError(f"config.compute_dtype={config.compute_dtype!r}; "
-                     f"expected one of {sorted(DTYPES)}") from None
+EXAMPLES = examples.ExampleSpec(
+    keys=(schema.IMAGE, schema.MASK, schema.LANDMARKS, schema.GENDER),
+    make=make_example)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails early, naming the config key, on values that cannot work."""
+  """Fails early, naming the config key, on values only this task has.
 
-  def check(ok, key, value, expected):
-    if not ok:
-      raise ValueError(f"config.{key}={value!r}: expected {expected}")
-
-  compute_dtype(config)
-  d, t = config.data, config.train
-  check(d.gender in schema.GENDER_FILTERS, "data.gender", d.gender,
-        " | ".join(schema.GENDER_FILTERS))
-  check(d.image_size >= 16 and d.image_size % 4 == 0, "data.image_size",
-        d.image_size, "a multiple of 4 (the generator downsamples twice)")
+  The shared sections (train, eval, optim, data) are checked by
+  `config_utils.validate_common`.
+  """
+  check = config_utils.check
+  check(config.data.image_size % 4 == 0, "data.image_size",
+        config.data.image_size,
+        "a multiple of 4 (the generator downsamples twice)")
   check(config.model.attention_impl in ("auto", "xla", "cudnn"),
         "model.attention_impl", config.model.attention_impl,
         "auto | xla | cudnn")
-  for key in ("batch_size", "num_steps", "log_every", "checkpoint_every",
-              "max_to_keep"):
-    check(t[key] > 0, f"train.{key}", t[key], "a positive integer")
-  for key in ("image_every", "eval_every"):
-    check(t[key] >= 0, f"train.{key}", t[key], ">= 0 (0 = never)")
-  for key in ("g_lr", "d_lr"):
-    check(config.optim[key] >= 0, f"optim.{key}", config.optim[key], ">= 0")
   for key in ("l1", "perceptual", "style", "tv", "adversarial"):
     check(config.losses[key] >= 0, f"losses.{key}", config.losses[key],
           ">= 0")
@@ -92,19 +87,20 @@ class GANState:
   d_opt: Any
 
 
-class InpaintTask:
+class InpaintTask(task_lib.Task):
   """Builds the networks from a config and provides the pure step functions.
 
   The loop in `jaxface.train.loop` jits `init_state`, `train_step`,
   `eval_step` and `sample` with shardings; nothing here touches devices.
   """
 
-  name = "inpaint"
+  examples = EXAMPLES
+  console_metrics = {"g": "g_loss", "d": "d_loss", "l1": "loss/l1"}
 
   def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     validate_config(config)
-    self.config = config
-    dtype = compute_dtype(config)
+    dtype = self.dtype
     g, d = config.model.generator, config.model.discriminator
     self.generator = inpaint.Generator(
         width=g.width, num_res_blocks=g.num_res_blocks, dilation=g.dilation,
@@ -174,8 +170,10 @@ class InpaintTask:
 
   # --------------------------------------------------------------- train
   def train_step(self, state: GANState, batch: dict[str, jax.Array],
-                 consts: dict[str, Any]) -> tuple[GANState, dict[str, Any]]:
+                 consts: dict[str, Any],
+                 rng: jax.Array) -> tuple[GANState, dict[str, Any]]:
     """One GAN iteration; see the module docstring."""
+    del rng  # deterministic: no dropout, no on-device augmentation
     cfg = self.config.losses
     image, mask, lmap, masked = self._inputs(batch)
     b = image.shape[0]
@@ -250,12 +248,9 @@ class InpaintTask:
     out = {"g_loss": g_loss, "d_loss": d_loss, "d_real": d_real,
            "d_fake": d_fake, "g_grad_norm": g_norm, "d_grad_norm": d_norm}
     out.update({f"loss/{k}": v for k, v in terms.items()})
-    # The new parameters too: a finite gradient can still make them overflow,
-    # and a state that is saved must be usable.
-    out["finite"] = jnp.all(jnp.isfinite(jnp.stack(
-        [g_loss, d_loss, g_norm, d_norm,
-         optax.tree.norm(new_state.g_params),
-         optax.tree.norm(new_state.d_params)])))
+    out["finite"] = task_lib.all_finite(g_loss, d_loss, g_norm, d_norm,
+                                        new_state.g_params,
+                                        new_state.d_params)
     return new_state, out
 
   # ---------------------------------------------------------------- eval
@@ -274,8 +269,7 @@ class InpaintTask:
     return {
         "psnr": metrics.psnr(composite, image),
         "ssim": metrics.ssim(composite, image),
-        "l1_hole": jnp.sum(jnp.abs(out - image) * mask, axis=(1, 2, 3))
-                   / jnp.maximum(3 * jnp.sum(mask, axis=(1, 2, 3)), 1.0),
+        "l1_hole": metrics.masked_l1(out, image, mask),
         "gender": batch[schema.GENDER],
     }
 
@@ -287,39 +281,29 @@ class InpaintTask:
     return {"masked": masked, "output": out, "composite": composite,
             "target": image}
 
-  @staticmethod
-  def sample_grid(columns: dict[str, np.ndarray],
-                  landmarks: np.ndarray) -> np.ndarray:
+  def sample_grid(self, columns: dict[str, np.ndarray],
+                  batch: dict[str, np.ndarray]) -> np.ndarray:
     """uint8 grid: masked input | landmarks | output | composite | target."""
-    lm_column = np.stack([
-        images.draw_points(0.5 * t, p, color=(0.0, 1.0, 0.0))
-        for t, p in zip(columns["target"], landmarks)])
-    return images.make_grid([columns["masked"], lm_column, columns["output"],
-                             columns["composite"], columns["target"]])
+    lm_column = visualize.draw_points(0.5 * columns["target"],
+                                      batch[schema.LANDMARKS],
+                                      color=(0.0, 1.0, 0.0))
+    return visualize.make_grid([columns["masked"], lm_column,
+                                columns["output"], columns["composite"],
+                                columns["target"]])
 
-  # ---------------------------------------------------------------- data
-  def train_data(self, process_index: int, process_count: int):
-    return pipeline.train_dataset("inpaint", self.config,
-                                  process_index=process_index,
-                                  process_count=process_count)
-
-  def eval_data(self, process_index: int, process_count: int, agree=None):
-    return pipeline.eval_batches("inpaint", self.config,
-                                 process_index=process_index,
-                                 process_count=process_count, agree=agree)
-
-  @staticmethod
-  def summarize_eval(per_image: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means overall and per gender: eval/psnr, eval/psnr/male, ..."""
-    out = {}
-    gender = per_image["gender"]
-    for key, values in per_image.items():
-      if key == "gender":
-        continue
-      out[key] = float(np.mean(values))
-      for name, code in schema.GENDERS.items():
-        sel = gender == code
-        if np.any(sel):
-          out[f"{key}/{name}"] = float(np.mean(values[sel]))
-    return out
-
+  def uncounted_flops(self, batch_size: int) -> float:
+    """The attention's FLOPs when cuDNN runs it (a custom call XLA does not
+    count): per layer and image, scores N*N*d*2 and the value product
+    N*N*Cv*2 with N positions; a step runs G's layer forward + backward (x3)
+    and D's layer on 2B images forward + backward (x3) and on B images
+    forward + input-backward (x2)."""
+    impl = attention.resolve_impl(self.config.model.attention_impl,
+                                  self.dtype)
+    if impl != "cudnn":
+      return 0.0
+    n = (self.image_size // 4) ** 2
+    g = self.config.model.generator.width
+    d = self.config.model.discriminator.width
+    g_layer = 2 * n * n * (g + 8 * g)           # d = 4g/4 = g, Cv = 8g
+    d_layer = 2 * n * n * (2 * d / 4 + 2 * d)   # d = 2d/4, Cv = 2d
+    return batch_size * (3 * g_layer + 3 * 2 * d_layer + 2 * d_layer)
