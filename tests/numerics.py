@@ -31,6 +31,24 @@ def gamma(n: float, u: float = U32) -> float:
   return nu / (1 - nu)
 
 
+def np_conv(x: np.ndarray, kernel: np.ndarray, pad: int = 0) -> np.ndarray:
+  """Stride-1 conv of [B, H, W, Cin] with [k, k, Cin, Cout], in float64.
+
+  Zero padding `pad`, no bias. Given |x| and |W| it returns each output's sum
+  of |terms|; given an error bound of x and |W|, that error propagated.
+  """
+  k = kernel.shape[0]
+  b, h, w, _ = x.shape
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = np.zeros((b, h + 2 * pad - k + 1, w + 2 * pad - k + 1,
+                  kernel.shape[-1]))
+  for dy in range(k):
+    for dx in range(k):
+      out += xp[:, dy:dy + out.shape[1], dx:dx + out.shape[2], :] @ (
+          kernel[dy, dx])
+  return out
+
+
 def conv_bound(x_abs: np.ndarray, kernel_abs: np.ndarray,
                bias_abs: np.ndarray | float = 0.0, pad: int = 0,
                u: float = U32) -> np.ndarray:
@@ -40,15 +58,136 @@ def conv_bound(x_abs: np.ndarray, kernel_abs: np.ndarray,
   products and a bias.
   """
   k, _, cin, _ = kernel_abs.shape
-  b, h, w, _ = x_abs.shape
-  xp = np.pad(x_abs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out = np.zeros((b, h + 2 * pad - k + 1, w + 2 * pad - k + 1,
-                  kernel_abs.shape[-1]))
-  for dy in range(k):
-    for dx in range(k):
-      out += xp[:, dy:dy + out.shape[1], dx:dx + out.shape[2], :] @ (
-          kernel_abs[dy, dx])
-  return gamma(k * k * cin + 1, u) * (out + bias_abs)
+  return gamma(k * k * cin + 1, u) * (np_conv(x_abs, kernel_abs, pad)
+                                      + bias_abs)
+
+
+def matmul_bound(a: np.ndarray, b: np.ndarray, err_a: np.ndarray | float = 0.0,
+                 err_b: np.ndarray | float = 0.0,
+                 u: float = U32) -> np.ndarray:
+  """First-order error bound of a @ b computed from inputs with errors.
+
+  gamma(n) |a| @ |b| for the n-term sums, plus err_a @ |b| + |a| @ err_b for
+  the errors the inputs carry (a, b: exact values; err_*: their bounds).
+  """
+  a_abs, b_abs = np.abs(a), np.abs(b)
+  return (gamma(a.shape[-1], u) * (a_abs @ b_abs)
+          + np.broadcast_to(err_a, a.shape) @ b_abs
+          + a_abs @ np.broadcast_to(err_b, b.shape))
+
+
+# XLA CPU's exp, log, log10 and rsqrt were measured within 3.2 u of the
+# exact value (sqrt and division of arrays are correctly rounded); 4 u leaves
+# room for other vector code paths.
+FN_U = 4 * U32
+# XLA may divide by a constant or a broadcast scalar through its reciprocal:
+# two roundings.
+DIV_U = 2 * U32
+
+
+class Bounded:
+  """A float64 value with a first-order bound on its float32 twin's error.
+
+  Mirroring a float32 computation operation by operation on exact float64
+  values (running error analysis, Higham sec. 3.3), every result carries
+  `err` >= |float32 result - exact result|: the inputs' errors propagated
+  to first order plus the operation's own rounding, u |result| for + - *,
+  2 u |result| for / (XLA may divide by a constant through its reciprocal),
+  gamma(n) * sum |terms| for an n-term sum. Python numbers become float32
+  constants, as in JAX, with their representation error (u |x| for another
+  u); NumPy arrays count as exact inputs.
+
+  Attributes:
+    value: the exact result, float64.
+    err: the error bound, broadcast to `value`'s shape.
+    u: unit roundoff of the arithmetic mirrored.
+  """
+
+  __array_ufunc__ = None  # `ndarray op Bounded` defers to Bounded
+
+  def __init__(self, value, err=0.0, u: float = U32):
+    self.value = np.asarray(value, np.float64)
+    self.err = np.broadcast_to(np.asarray(err, np.float64), self.value.shape)
+    self.u = u
+
+  @classmethod
+  def const(cls, decimals, u: float = U32) -> "Bounded":
+    """Constants as JAX holds them: rounded to float32 (to u otherwise)."""
+    exact = np.asarray(decimals, np.float64)
+    rounded = (np.float32(exact).astype(np.float64) if u == U32
+               else exact * (1 + u))
+    return cls(exact, np.abs(rounded - exact), u)
+
+  def _lift(self, x) -> "Bounded":
+    if isinstance(x, Bounded):
+      return x
+    if isinstance(x, (int, float)):
+      return Bounded.const(x, self.u)
+    return Bounded(x, 0.0, self.u)
+
+  def _new(self, value, err) -> "Bounded":
+    return Bounded(value, err + self.u * np.abs(value), self.u)
+
+  def __add__(self, other):
+    o = self._lift(other)
+    return self._new(self.value + o.value, self.err + o.err)
+
+  def __sub__(self, other):
+    o = self._lift(other)
+    return self._new(self.value - o.value, self.err + o.err)
+
+  def __mul__(self, other):
+    o = self._lift(other)
+    return self._new(self.value * o.value,
+                     np.abs(self.value) * o.err + self.err * np.abs(o.value))
+
+  def __truediv__(self, other):
+    o = self._lift(other)
+    v = self.value / o.value
+    return self._new(v, (self.err + np.abs(v) * o.err) / np.abs(o.value)
+                     + self.u * np.abs(v))
+
+  __radd__ = __add__
+  __rmul__ = __mul__
+
+  def __rsub__(self, other):
+    return self._lift(other) - self
+
+  def __rtruediv__(self, other):
+    return self._lift(other) / self
+
+  def __neg__(self):
+    return Bounded(-self.value, self.err, self.u)
+
+  def __getitem__(self, index):
+    return self.moved(lambda a: a[index])
+
+  def moved(self, fn) -> "Bounded":
+    """Applies an exact rearrangement (reshape, stack, index) to both."""
+    return Bounded(fn(self.value), fn(self.err), self.u)
+
+  def lipschitz(self, fn) -> "Bounded":
+    """An exact elementwise 1-Lipschitz function: abs, relu, clip."""
+    return Bounded(fn(self.value), self.err, self.u)
+
+  def fn(self, f, df, ulps: float = FN_U / U32) -> "Bounded":
+    """A library function f (derivative df) within `ulps` u of exact."""
+    v = f(self.value)
+    return Bounded(v, np.abs(df(self.value)) * self.err
+                   + ulps * self.u * np.abs(v), self.u)
+
+  def sum(self, axis=None, keepdims: bool = False) -> "Bounded":
+    """An n-term sum in any order: gamma(n) * sum |terms|."""
+    value = self.value.sum(axis, keepdims=keepdims)
+    n = self.value.size // max(value.size, 1)
+    return Bounded(value, self.err.sum(axis, keepdims=keepdims)
+                   + gamma(n, self.u) * np.abs(self.value).sum(
+                       axis, keepdims=keepdims), self.u)
+
+  def mean(self, axis=None, keepdims: bool = False) -> "Bounded":
+    """The sum, then a division by the count."""
+    total = self.sum(axis, keepdims)
+    return total / (self.value.size // max(total.value.size, 1))
 
 
 def assert_within(actual, desired, bound, what: str = "") -> None:

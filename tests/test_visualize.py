@@ -82,7 +82,7 @@ def test_draw_points_single_image():
   drawn = np.argwhere(out[..., 0] > 0)
   want = {(3, 2), (2, 2), (4, 2), (3, 1), (3, 3)}  # disk of radius 1
   assert {tuple(p) for p in drawn} == want
-  np.testing.assert_allclose(out[3, 2], [1.0, 0.5, 0.0])
+  np.testing.assert_array_equal(out[3, 2], [1.0, 0.5, 0.0])  # exact
   assert np.all(img == 0)  # input untouched
 
 

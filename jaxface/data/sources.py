@@ -842,20 +842,17 @@ class Procedural:
     if (isinstance(num_records, bool)
         or not isinstance(num_records, (int, np.integer)) or num_records < 1):
       raise ValueError(f"num_records={num_records!r} must be a positive int")
-    counts = split_counts(int(num_records), fractions)
-    if counts[self.split] < 1:
-      raise ValueError(f"procedural source: the {self.split} split of "
-                       f"{num_records} faces with splits={fractions} is "
-                       "empty; raise num_records")
+    self._length = split_counts(int(num_records), fractions)[self.split]
     size = int(np.clip(size, procedural.MIN_SIZE, procedural.MAX_SIZE))
+    # ProceduralFaces needs one record at least; an empty split has none.
     self.faces = procedural.ProceduralFaces(
-        size=size, num_records=counts[self.split],
+        size=size, num_records=max(self._length, 1),
         seed=seed + self.SEED_OFFSETS[self.split], gender=gender)
     self._styles = np.array([schema.MASK_STYLES.index(name)
                              for name in procedural.MASK_STYLES], np.int32)
 
   def __len__(self) -> int:
-    return len(self.faces)
+    return self._length
 
   def __getitem__(self, index) -> dict[str, Any]:
     i = _index(index, len(self), self)
@@ -866,7 +863,8 @@ class Procedural:
     return record
 
   def __repr__(self) -> str:
-    return f"Procedural(split={self.split!r}, {self.faces!r})"
+    return (f"Procedural(split={self.split!r}, {len(self)} records, "
+            f"{self.faces!r})")
 
 
 # ---------------------------------------------------------------------------

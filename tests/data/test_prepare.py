@@ -180,10 +180,10 @@ def test_gender_teacher_labels_unknown_genders(tmp_path, monkeypatch):
 
 
 def test_procedural_source_and_workers(tmp_path):
-  summary = prepare.prepare("procedural:num_records=6,size=64",
+  summary = prepare.prepare("procedural:num_records=40,size=64",
                             str(tmp_path / "out"), size=64, workers=2,
                             shard_size=2)
-  assert summary["written"] == {"train": 6, "val": 6, "test": 6}
+  assert summary["written"] == {"train": 36, "val": 2, "test": 2}
   assert os.path.exists(tmp_path / "out" / "skipped.txt")
 
 

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
+import numerics
 from jaxface.data import procedural
 from jaxface.data import schema
 from jaxface.data import wflw
@@ -181,9 +182,15 @@ def test_gender_changes_the_hair():
 def test_same_face_at_every_size():
   small = procedural.render(9, size=128, seed=2)
   large = procedural.render(9, size=256, seed=2)
-  np.testing.assert_allclose(
-      wflw.resize_landmarks(small[schema.LANDMARKS], 2.0),
-      large[schema.LANDMARKS], atol=1e-3)
+  # Both are f * size - 0.5 for the same float64 f, rounded to float32
+  # (u of each); resizing the small ones adds the float32 steps of
+  # (x + 0.5) * 2 - 0.5.
+  lm_small, lm_large = small[schema.LANDMARKS], large[schema.LANDMARKS]
+  resized = (numerics.Bounded(lm_small, numerics.U32 * np.abs(lm_small))
+             + 0.5) * 2.0 - 0.5
+  numerics.assert_within(wflw.resize_landmarks(lm_small, 2.0), lm_large,
+                         resized.err + numerics.U32 * np.abs(lm_large),
+                         "landmarks at 128, resized, vs at 256")
   for key in (schema.GENDER, procedural.YAW, procedural.ROLL,
               procedural.MASK_STYLE):
     assert small[key] == large[key]

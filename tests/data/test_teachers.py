@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import numerics
 from jaxface.data import procedural
 from jaxface.data import wflw
 from jaxface.data import teachers
@@ -27,6 +28,14 @@ from jaxface.data.teachers import sparse
 
 MEDIAPIPE_ENV = "JAXFACE_MEDIAPIPE_WHEEL"
 GENDER_ENV = "JAXFACE_GENDER_WHEEL"
+U32, U64 = numerics.U32, numerics.U64
+
+
+def _f64_bound(magnitude):
+  """Rounding of a float64 geometry step: a few dozen operations (means,
+  similarity fits, arc-length sums of at most ~20 segments) on values up to
+  `magnitude`; generous, and ~1e-6 of a float32 rounding."""
+  return numerics.gamma(64, U64) * magnitude
 
 
 def _procedural_landmarks(n=24, size=128):
@@ -51,7 +60,8 @@ def test_mesh_mapping_shapes_and_exact_points():
   assert mesh_lib.APPROXIMATE[wflw.JAW].all()
   assert mesh_lib.APPROXIMATE[wflw.PUPILS].all()
   for k, v in mesh_lib.EXACT.items():
-    np.testing.assert_allclose(out[k], mesh[v], atol=1e-4)
+    # Copied, then rounded to float32.
+    numerics.assert_within(out[k], mesh[v], U32 * np.abs(mesh[v]), str(k))
   # A z column is ignored.
   with_z = np.concatenate([mesh, np.ones((mesh_lib.NUM_MESH, 1))], 1)
   np.testing.assert_array_equal(teachers.mesh_to_wflw(with_z), out)
@@ -73,9 +83,15 @@ def test_mesh_mapping_commutes_with_flip():
     mesh = _random_mesh(seed)
     mirrored = mesh[mesh_lib.MESH_MIRROR].copy()
     mirrored[:, 0] = width - 1 - mirrored[:, 0]
-    np.testing.assert_allclose(
-        teachers.mesh_to_wflw(mirrored),
-        wflw.flip_landmarks(teachers.mesh_to_wflw(mesh), width), atol=1e-3)
+    got = teachers.mesh_to_wflw(mirrored)
+    mapped = teachers.mesh_to_wflw(mesh)
+    want = wflw.flip_landmarks(mapped, width)
+    # Equal in exact arithmetic. Each mapping is float64 geometry rounded to
+    # float32 (u of each result), and the flip 199 - x rounds in float32.
+    bound = (U32 * (np.abs(got) + np.abs(want)
+                    + np.abs(mapped[wflw.FLIP_PERMUTATION]))
+             + 2 * _f64_bound(2 * width))
+    numerics.assert_within(got, want, bound, f"seed {seed}")
   approx = mesh_lib.APPROXIMATE
   np.testing.assert_array_equal(approx[wflw.FLIP_PERMUTATION], approx)
 
@@ -91,10 +107,13 @@ def test_mesh_jaw_starts_level_with_the_eyes():
   mesh[list(mesh_lib.OVAL_RIGHT)] = np.stack(
       [100 + 60 * np.cos(t), 60 + 80 * np.sin(t)], -1)
   jaw = teachers.mesh_to_wflw(mesh)[wflw.JAW]
-  assert jaw[0, 1] == pytest.approx(50, abs=1e-3)
-  assert jaw[32, 1] == pytest.approx(50, abs=1e-3)
+  # Interpolated to y = 50 (and the chin copied) in float64, then rounded
+  # to float32.
+  bound = U32 * 50 + _f64_bound(140)
+  assert abs(jaw[0, 1] - 50) <= bound and abs(jaw[32, 1] - 50) <= bound
   assert jaw[0, 0] < 100 < jaw[32, 0]
-  np.testing.assert_allclose(jaw[16], (100, 140), atol=1e-3)
+  numerics.assert_within(jaw[16], (100, 140),
+                         U32 * np.array([100, 140]) + _f64_bound(140), "chin")
   assert np.argmax(jaw[:, 1]) == 16
 
 
@@ -102,20 +121,21 @@ def test_mesh_jaw_starts_level_with_the_eyes():
 
 
 def test_resample_polyline():
+  # Small integers: every length, spacing and interpolation is exact.
   line = np.array([[0.0, 0.0], [10.0, 0.0]])
-  np.testing.assert_allclose(
+  np.testing.assert_array_equal(
       teachers.resample_polyline(line, 6),
       np.stack([np.arange(0, 11, 2.0), np.zeros(6)], -1))
   # An L: 10 along x then 10 along y; the middle point is the corner.
   ell = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]])
   out = teachers.resample_polyline(ell, 5)
-  np.testing.assert_allclose(out, [[0, 0], [5, 0], [10, 0], [10, 5],
-                                   [10, 10]])
+  np.testing.assert_array_equal(out, [[0, 0], [5, 0], [10, 0], [10, 5],
+                                      [10, 10]])
   # Repeated vertices and a degenerate polyline.
   dup = np.array([[0.0, 0.0], [0.0, 0.0], [4.0, 0.0]])
-  np.testing.assert_allclose(teachers.resample_polyline(dup, 3),
-                             [[0, 0], [2, 0], [4, 0]])
-  np.testing.assert_allclose(
+  np.testing.assert_array_equal(teachers.resample_polyline(dup, 3),
+                                [[0, 0], [2, 0], [4, 0]])
+  np.testing.assert_array_equal(
       teachers.resample_polyline(np.ones((3, 2)), 4), np.ones((4, 2)))
   with pytest.raises(ValueError):
     teachers.resample_polyline(line, 0)
@@ -147,8 +167,12 @@ def test_mean_shape_is_symmetric():
   shape = teachers.MEAN_SHAPE
   assert shape.shape == (98, 2)
   mirrored = wflw.flip_landmarks(shape, 0.0) + np.array([1.0, 0.0])
-  np.testing.assert_allclose(mirrored, shape, atol=1e-4)
-  np.testing.assert_allclose(shape[[96, 97]], [[-0.5, 0], [0.5, 0]])
+  # The table is symmetric to the digit (so its float32 values exactly);
+  # the flip's -1 - x rounds in float32, the + 1 is float64 and exact.
+  x = shape[wflw.FLIP_PERMUTATION, 0].astype(np.float64)
+  bound = np.stack([U32 * np.abs(1 + x), np.zeros(98)], -1)
+  numerics.assert_within(mirrored, shape, bound, "mean shape mirror")
+  np.testing.assert_array_equal(shape[[96, 97]], [[-0.5, 0], [0.5, 0]])
   # Image-left eye left of the image-right one; chin lowest; nose between.
   assert shape[60, 0] < shape[64, 0] < shape[68, 0] < shape[72, 0]
   assert np.argmax(shape[:, 1]) == 16
@@ -163,7 +187,10 @@ def test_from_5(layout):
                           [np.sin(angle), np.cos(angle)]])
   moved = teachers.MEAN_SHAPE.astype(np.float64) @ rot.T + shift
   result = teachers.from_5(teachers.wflw_to_5(moved, layout), layout)
-  np.testing.assert_allclose(result.landmarks, moved, atol=1e-3)
+  # The fit recovers the similarity up to float64 rounding; then float32.
+  numerics.assert_within(result.landmarks, moved,
+                         U32 * np.abs(moved) + _f64_bound(
+                             4 * np.abs(moved).max()), "similarity")
   exact = np.nonzero(~result.approximate)[0]
   if layout == "dlib5":
     np.testing.assert_array_equal(exact, [57, 60, 64, 68, 72])
@@ -174,9 +201,9 @@ def test_from_5(layout):
   for lm in _procedural_landmarks():
     five = teachers.wflw_to_5(lm, layout)
     result = teachers.from_5(five, layout)
-    np.testing.assert_allclose(
-        result.landmarks[sparse.FIVE_POINT_INDICES[layout]], five,
-        atol=1e-4)
+    # Copied: float32 values through float64 and back, exactly.
+    np.testing.assert_array_equal(
+        result.landmarks[sparse.FIVE_POINT_INDICES[layout]], five)
     errs.append(np.linalg.norm(result.landmarks - lm, axis=-1)
                 / wflw.inter_ocular(lm))
   errs = np.array(errs)
@@ -213,11 +240,11 @@ def test_landmark_result_validates():
 def test_blazeface_anchors():
   anchors = mediapipe_teacher.ssd_anchors(**mediapipe_teacher.ANCHOR_OPTIONS)
   assert anchors.shape == (896, 4)
-  # 16x16 cells with 2 anchors, then 8x8 cells with 6.
-  np.testing.assert_allclose(anchors[0], [0.5 / 16, 0.5 / 16, 1, 1])
-  np.testing.assert_allclose(anchors[1], anchors[0])
-  np.testing.assert_allclose(anchors[512], [0.5 / 8, 0.5 / 8, 1, 1])
-  np.testing.assert_allclose(anchors[-1], [7.5 / 8, 7.5 / 8, 1, 1])
+  # 16x16 cells with 2 anchors, then 8x8 cells with 6. Dyadic: exact.
+  np.testing.assert_array_equal(anchors[0], [0.5 / 16, 0.5 / 16, 1, 1])
+  np.testing.assert_array_equal(anchors[1], anchors[0])
+  np.testing.assert_array_equal(anchors[512], [0.5 / 8, 0.5 / 8, 1, 1])
+  np.testing.assert_array_equal(anchors[-1], [7.5 / 8, 7.5 / 8, 1, 1])
   assert len(mediapipe_teacher.ssd_anchors(fixed_anchor_size=False)) == 896
 
 
@@ -235,15 +262,15 @@ def test_blazeface_decoding_and_nms():
   boxes, kp, scores = mediapipe_teacher.decode_detections(raw, logits,
                                                           anchors, 0.5)
   assert len(scores) == 3 and kp.shape == (3, 6, 2)
-  a = anchors[700]
-  np.testing.assert_allclose(boxes[2], [a[0] - 1 / 16, a[1] - 1 / 16,
-                                        a[0] + 1 / 16, a[1] + 1 / 16],
-                             atol=1e-6)
-  np.testing.assert_allclose(kp[2, 0], a[:2] + [-4 / 128, -2 / 128],
-                             atol=1e-6)
+  a = anchors[700].astype(np.float64)
+  # Offsets in 1/128ths added to anchors in 1/16ths: dyadic, exact.
+  np.testing.assert_array_equal(boxes[2], [a[0] - 1 / 16, a[1] - 1 / 16,
+                                           a[0] + 1 / 16, a[1] + 1 / 16])
+  np.testing.assert_array_equal(kp[2, 0], a[:2] + [-4 / 128, -2 / 128])
   boxes, kp, scores = mediapipe_teacher.weighted_nms(boxes, kp, scores)
   assert len(scores) == 2
-  assert scores[0] == pytest.approx(1 / (1 + np.exp(-3.0)))
+  # The best score is kept as computed: the same float64 expression.
+  assert scores[0] == 1 / (1 + np.exp(-3.0))
   # The merged box lies between the two it replaces.
   assert anchors[100, 0] < 0.5 * (boxes[0, 0] + boxes[0, 2]) < (
       anchors[102, 0] + 2 / 128)
@@ -305,9 +332,11 @@ def test_gender_chip_geometry():
   size = gender.CHIP_SIZE
   template = (0.2 + gender.DLIB_TEMPLATE_5) / 1.4 * size
   matrix, scale = gender.chip_transform(template * 4.0)
-  assert scale == pytest.approx(4.0)
-  np.testing.assert_allclose(matrix[:, :2], np.eye(2) * (4 * size - 1)
-                             / (size - 1), atol=1e-9)
+  # A similarity fit to exactly 4x the template, in float64.
+  assert abs(scale - 4.0) <= _f64_bound(4.0)
+  numerics.assert_within(matrix[:, :2], np.eye(2) * (4 * size - 1)
+                         / (size - 1), _f64_bound(4.0 * size / (size - 1)),
+                         "chip matrix")
   image = np.zeros((128, 128, 3), np.uint8)
   image[:, 64:] = 200
   chip = gender.extract_chip(image, template * 4.0)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import numerics
 from jaxface.data import procedural
 from jaxface.data import transforms
 from jaxface.data import wflw
@@ -16,9 +17,12 @@ def _face(size=128, index=3):
 def test_full_box_resize_matches_the_resize_rule():
   face = _face(128)
   out = transforms.crop_and_resize(face, transforms.full_box(128, 128), 64)
-  np.testing.assert_allclose(out["landmarks"],
-                             wflw.resize_landmarks(face["landmarks"], 0.5),
-                             atol=1e-5)
+  # Both are (x + 0.5) * 0.5 - 0.5 in float32: exact value and rounding
+  # bound of those steps (the crop subtracts x0 = -0.5).
+  want = (numerics.Bounded(face["landmarks"]) + 0.5) * 0.5 - 0.5
+  numerics.assert_within(out["landmarks"], want.value, want.err, "crop")
+  numerics.assert_within(wflw.resize_landmarks(face["landmarks"], 0.5),
+                         want.value, want.err, "resize rule")
   assert out["image"].shape == (64, 64, 3)
   assert out["mask"].shape == (64, 64)
   assert set(np.unique(out["mask"])) <= {0, 1}
@@ -28,7 +32,9 @@ def test_resize_round_trip_of_landmarks():
   lm = _face(128)["landmarks"]
   there = wflw.resize_landmarks(lm, 2.0)
   back = wflw.resize_landmarks(there, 0.5)
-  np.testing.assert_allclose(back, lm, atol=1e-4)
+  # The identity in exact arithmetic; the float32 steps' bound.
+  want = (((numerics.Bounded(lm) + 0.5) * 2.0 - 0.5) + 0.5) * 0.5 - 0.5
+  numerics.assert_within(back, lm, want.err, "round trip")
 
 
 def test_crop_without_resize_is_a_pure_shift():
@@ -36,9 +42,12 @@ def test_crop_without_resize_is_a_pure_shift():
   box = (9.5, 19.5, 9.5 + 64, 19.5 + 64)  # pixels 10..73, 20..83
   out = transforms.crop_and_resize(face, box, 64)
   np.testing.assert_array_equal(out["image"], face["image"][20:84, 10:74])
-  np.testing.assert_allclose(out["landmarks"],
-                             face["landmarks"] - np.array([10, 20]),
-                             atol=1e-5)
+  # (x - x0) * 1 - 0.5 in float32, x0 = (9.5, 19.5).
+  want = (numerics.Bounded(face["landmarks"]) - np.array([9.5, 19.5])) * (
+      1.0) - 0.5
+  numerics.assert_within(out["landmarks"],
+                         face["landmarks"] - np.array([10.0, 20.0]), want.err,
+                         "shift")
 
 
 def test_crop_round_trip_through_the_same_box():
@@ -50,7 +59,12 @@ def test_crop_round_trip_through_the_same_box():
   y0 = np.floor(box[1] + 0.5) - 0.5
   side = np.ceil(box[2] + 0.5) - 0.5 - x0
   back = (out["landmarks"] + 0.5) * side / 128 + np.array([x0, y0])
-  np.testing.assert_allclose(back, face["landmarks"], atol=1e-4)
+  # The crop's float32 steps (the scale 128 / side rounded to float32), and
+  # `out + 0.5` here, scaled back by side / 128; the rest is float64.
+  lm = numerics.Bounded(face["landmarks"])
+  there = (lm - np.array([x0, y0])) * numerics.Bounded.const(128 / side) - 0.5
+  bound = (there + 0.5).err * side / 128 + 8 * numerics.U64 * np.abs(back)
+  numerics.assert_within(back, face["landmarks"], bound, "crop round trip")
 
 
 def test_crop_landmarks_sit_on_the_same_features():
@@ -77,11 +91,15 @@ def test_hflip_is_an_involution_and_swaps_eyes():
   twice = transforms.hflip(once)
   for key in ("image", "mask", "landmarks_approx"):
     np.testing.assert_array_equal(twice[key], face[key])
-  np.testing.assert_allclose(twice["landmarks"], face["landmarks"], atol=1e-4)
+  # x -> 127 - x rounds in float32 (twice); y is only permuted.
+  x = numerics.Bounded(face["landmarks"][:, 0])
+  bound = np.stack([(127 - (127 - x)).err, np.zeros(98)], -1)
+  numerics.assert_within(twice["landmarks"], face["landmarks"], bound,
+                         "flip twice")
   # After the flip, the new image-left eye is the old image-right eye.
-  np.testing.assert_allclose(
-      once["landmarks"][wflw.LEFT_EYE_OUTER, 0],
-      127 - face["landmarks"][wflw.RIGHT_EYE_OUTER, 0], atol=1e-5)
+  want = 127 - x[wflw.RIGHT_EYE_OUTER]
+  numerics.assert_within(once["landmarks"][wflw.LEFT_EYE_OUTER, 0],
+                         want.value, want.err, "flipped eye")
   assert once["landmarks"][60, 0] < once["landmarks"][72, 0]
   np.testing.assert_array_equal(once["landmarks_approx"],
                                 face["landmarks_approx"][wflw.FLIP_PERMUTATION])
@@ -92,5 +110,11 @@ def test_face_box_needs_landmarks():
     transforms.face_box(np.full((98, 2), np.nan))
   lm = _face(128)["landmarks"]
   x0, y0, x1, y1 = transforms.face_box(lm, scale=1.5)
-  assert x1 - x0 == pytest.approx(y1 - y0)
+  # A square: both sides are the same side/2 either side of a float32
+  # centre, each end rounded to float32 (and side/2 itself), then the
+  # float32 difference: u (|c0| + |c1| + 2 side) per side.
+  u = numerics.U32
+  side_x, side_y = x1 - x0, y1 - y0
+  assert abs(side_x - side_y) <= u * (abs(x0) + abs(x1) + abs(y0) + abs(y1)
+                                      + 2 * (side_x + side_y))
   assert x0 < lm[:, 0].min() and x1 > lm[:, 0].max()

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import numerics
 from jaxface.data import procedural
 from jaxface.data import wflw
 
@@ -47,14 +48,18 @@ def test_flip_twice_is_identity():
   once = wflw.flip_landmarks(lm, 100)
   assert once.shape == lm.shape
   assert not np.allclose(once, lm)
-  np.testing.assert_allclose(wflw.flip_landmarks(once, 100), lm, atol=1e-5)
+  # x -> 99 - x rounds in float32, twice; y is only permuted.
+  x = numerics.Bounded(lm[..., 0])
+  bound = np.stack([(99 - (99 - x)).err, np.zeros(x.value.shape)], -1)
+  numerics.assert_within(wflw.flip_landmarks(once, 100), lm, bound,
+                         "flip twice")
 
 
 def test_flip_mirrors_x_about_the_pixel_centres():
   lm = np.zeros((98, 2))
   lm[wflw.CHIN] = [0.0, 5.0]
   flipped = wflw.flip_landmarks(lm, 64)
-  np.testing.assert_allclose(flipped[wflw.CHIN], [63.0, 5.0])
+  np.testing.assert_array_equal(flipped[wflw.CHIN], [63.0, 5.0])  # exact
 
 
 def test_flipped_procedural_face_stays_left_right_consistent():
@@ -84,7 +89,21 @@ def test_symmetric_template_is_its_own_mirror():
   params.gaze[:] = 0.0
   pts = procedural._template(params)
   mirrored = pts[wflw.FLIP_PERMUTATION] * np.array([-1.0, 1.0, 1.0])
-  np.testing.assert_allclose(mirrored, pts, atol=1e-9)
+  # The right half is the left half negated: exact.
+  np.testing.assert_array_equal(mirrored[33:], pts[33:])
+  # The jaw contour is sampled from cos/sin of linspace(0, pi) and resampled
+  # by arc length, in float64: the 160-term cumulative length (gamma(160)
+  # times the length, at most twice that of the 33-point polyline) and a
+  # few ulps per point, for the point and its mirror. And cos(pi / 2) is
+  # 6e-17, not 0, which |cos|**(2 / n) enlarges at the middle vertex to
+  # a * 6e-17**(2 / n) (moving resampled points by up to 3 times that).
+  jaw = pts[:33, :2]
+  length = 2 * np.sum(np.linalg.norm(np.diff(jaw, axis=0), axis=-1))
+  middle = params.a * abs(np.cos(np.linspace(0, np.pi, 161)[80]))**(
+      2 / params.jaw_n)
+  bound = 2 * (numerics.gamma(160, numerics.U64) * length
+               + 8 * numerics.U64 * np.abs(jaw).max() + 3 * middle)
+  numerics.assert_within(mirrored[:33, :2], jaw, bound, "jaw")
 
 
 @pytest.mark.parametrize("scale", [2.0, 0.5, (2.0, 3.0)])
@@ -93,22 +112,28 @@ def test_resize_round_trip(scale):
   lm = rng.uniform(0, 50, size=(98, 2))
   inverse = 1.0 / np.asarray(scale)
   back = wflw.resize_landmarks(wflw.resize_landmarks(lm, scale), inverse)
-  np.testing.assert_allclose(back, lm, atol=1e-9)
+  # The identity in exact arithmetic; the float64 steps' bound (the
+  # inverse itself rounded).
+  u = numerics.U64
+  s = numerics.Bounded(np.asarray(scale, np.float64), 0.0, u)
+  x = numerics.Bounded(lm, 0.0, u)
+  want = (((x + 0.5) * s - 0.5) + 0.5) * (1.0 / s) - 0.5
+  numerics.assert_within(back, lm, want.err, "round trip")
 
 
 def test_resize_convention():
   # The centre of a 2x2 image (0.5, 0.5) goes to the centre of 4x4 (1.5, 1.5);
   # pixel 0's centre goes to the centre of the first 2x2 block.
   lm = np.array([[0.5, 0.5], [0.0, 0.0]])
-  np.testing.assert_allclose(wflw.resize_landmarks(lm, 2.0),
-                             [[1.5, 1.5], [0.5, 0.5]])
+  np.testing.assert_array_equal(wflw.resize_landmarks(lm, 2.0),
+                                [[1.5, 1.5], [0.5, 0.5]])  # exact
 
 
 def test_inter_ocular():
   lm = np.zeros((2, 98, 2))
   lm[:, wflw.LEFT_EYE_OUTER] = [10.0, 20.0]
   lm[:, wflw.RIGHT_EYE_OUTER] = [13.0, 24.0]
-  np.testing.assert_allclose(wflw.inter_ocular(lm), [5.0, 5.0])
+  np.testing.assert_array_equal(wflw.inter_ocular(lm), [5.0, 5.0])  # exact
 
 
 def test_to_68():
