@@ -1,14 +1,15 @@
 r"""Landmark-guided inpainting GAN (LaFIn), one model per gender.
 
-Smoke run on the embedded procedural faces (2-core CPU, about 2.5 minutes):
+Smoke run on the embedded procedural faces (2-core CPU, about 3 minutes):
 
   python -m jaxface.main --config=configs/inpaint.py:tiny \
       --workdir=runs/inpaint_tiny
 
-  Measured on a 2-core CPU: ~2.6 steps/s (21 img/s) after ~15 s of
-  compilation; the hole-normalised L1 (train/loss/l1) falls from ~1.28 (steps
-  1-25) to ~0.63 (steps 276-300); eval/psnr of the composite rises from
-  ~22.6 dB (step 100) to ~25.5 dB (step 300), eval/ssim from ~0.78 to ~0.81.
+  Measured on 2-core CPUs: 1.8-2.6 steps/s (14-21 img/s, by machine) after
+  ~20 s of start-up and compilation; the hole-normalised L1
+  (train/loss/l1) falls from ~1.27 (steps 1-25) to ~0.60 (steps 276-300);
+  eval/psnr of the composite rises from ~22.5 dB (step 100) to ~25.5 dB
+  (step 300), eval/ssim from ~0.78 to ~0.81.
   The reconstructions are blurry at this size and step count.
 
 Full size (one GPU or TPU host; 256x256, the reference architecture):
