@@ -1,5 +1,8 @@
-"""Helpers for the experiment configs in `configs/`: argument parsing and
-the checks every task shares."""
+"""Helpers for the experiment configs: argument parsing, shared checks.
+
+`parse_arg` reads the `file.py:args` argument of a config file;
+`validate_common` checks the sections every task's config has.
+"""
 
 from typing import Any
 
@@ -82,8 +85,10 @@ def _is_int(value: Any) -> bool:
 
 
 def validate_common(config: ml_collections.ConfigDict) -> None:
-  """Checks the sections every task config has: `train`, `eval`, `optim`,
-  `data`, `mesh`, `seed` and `compute_dtype`.
+  """Checks the sections every task's config has.
+
+  `train`, `eval`, `optim` (learning rates, betas), `data`, `mesh`, `seed`
+  and `compute_dtype`.
 
   Raises a ValueError naming the first bad key and what it should be. What
   only one task knows (network widths, loss weights) is that task's to
@@ -105,10 +110,13 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   check(_is_int(e.num_batches) and e.num_batches >= 0, "eval.num_batches",
         e.num_batches, "an integer >= 0 (0 = the whole split)")
   for key, value in config.optim.items():
+    number = isinstance(value, (int, float, np.number)) and not isinstance(
+        value, bool)
     if key == "lr" or key.endswith("_lr"):
-      check(value >= 0, f"optim.{key}", value, ">= 0")
-    elif key in ("b1", "b2"):
-      check(0 <= value < 1, f"optim.{key}", value, "in [0, 1)")
+      check(number and value >= 0, f"optim.{key}", value, "a number >= 0")
+    elif key in ("b1", "b2", "decay", "momentum"):
+      check(number and 0 <= value < 1, f"optim.{key}", value,
+            "a number in [0, 1)")
   d = config.data
   check(d.gender in schema.GENDER_FILTERS, "data.gender", d.gender,
         " | ".join(schema.GENDER_FILTERS))

@@ -64,7 +64,8 @@ def total_variation(x: jax.Array) -> jax.Array:
   return dy + dx
 
 
-def lsgan_discriminator(real_prob: jax.Array, fake_prob: jax.Array) -> jax.Array:
+def lsgan_discriminator(real_prob: jax.Array,
+                        fake_prob: jax.Array) -> jax.Array:
   """(mean (D(real) - 1)^2 + mean D(fake)^2) / 2 on sigmoid outputs."""
   return 0.5 * (jnp.mean(jnp.square(_f32(real_prob) - 1))
                 + jnp.mean(jnp.square(_f32(fake_prob))))

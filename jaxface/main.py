@@ -1,4 +1,4 @@
-r"""Entry point: `python -m jaxface.main --config=configs/<task>.py --workdir=...`.
+r"""Entry point: `python -m jaxface.main --config=configs/<task>.py ...`.
 
 Kept short on purpose: flags, multi-host initialisation, device logging, and
 a hand-off to the training loop, where all the logic lives (importable from

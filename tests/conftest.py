@@ -22,7 +22,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 def shared_data() -> pathlib.Path:
   """`../shared/data` beside the checkout; tests that need it skip without."""
   if not SHARED_DATA.is_dir():
-    pytest.skip(f"{SHARED_DATA} is absent (fresh clone): real-data test skipped")
+    pytest.skip(f"{SHARED_DATA} is absent (fresh clone): real-data test "
+                "skipped")
   return SHARED_DATA
 
 

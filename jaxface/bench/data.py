@@ -30,13 +30,15 @@ from ml_collections import config_flags
 import numpy as np
 
 from jaxface import tasks
+from jaxface.data import facemask
 from jaxface.data import masked_faces
 from jaxface.data import pipeline
 from jaxface.data import procedural
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/inpaint.py", "Experiment config (its task and data "
-    "settings).", lock_config=False)
+    "config", "configs/inpaint.py", "Experiment config: its task's examples "
+    "and data settings (source, size and mask styles come from the flags "
+    "below).", lock_config=False)
 
 _SOURCE = flags.DEFINE_string("source", "", "A source spec; default: JPEGs "
                               "of procedural faces written to a temp dir.")
@@ -76,7 +78,7 @@ def _config(source: str, workers: int, threads: int):
   c.data.source = source
   c.data.image_size = _SIZE.value
   c.data.mask_styles = _STYLES.value or ",".join(
-      pipeline.facemask.DEFAULT_STYLES)
+      facemask.DEFAULT_STYLES)
   c.data.worker_count = workers
   c.data.num_threads = threads
   c.data.prefetch = 4
@@ -87,7 +89,7 @@ def _config(source: str, workers: int, threads: int):
 def measure(source: str, workers: int, threads: int) -> float:
   """records/s after one warm-up batch."""
   config = _config(source, workers, threads)
-  it = iter(pipeline.train_dataset(tasks.examples(config.task), config,
+  it = iter(pipeline.train_dataset(tasks.examples(config), config,
                                    batch_size=_BATCH.value))
   next(it)  # start-up: workers spawn, sources open, textures build
   n = max(_RECORDS.value // _BATCH.value, 1)

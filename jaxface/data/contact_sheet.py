@@ -23,8 +23,9 @@ from jaxface.data import pipeline
 from jaxface.data import schema
 
 
-def _masked_face(face: examples.Face, rng) -> dict[str, np.ndarray]:
-  del rng
+def _masked_face(face: examples.Face, rng,
+                 augment) -> dict[str, np.ndarray]:
+  del rng, augment
   return {schema.MASKED_IMAGE: face.masked_image, schema.MASK: face.mask,
           schema.LANDMARKS: face.landmarks}
 
@@ -74,7 +75,7 @@ def sheet(source: str, n: int, size: int, *, split: str = "train",
   grid = np.stack(tiles).reshape(rows, columns, size, size, 3)
   # make_grid takes columns of batches: column c = tiles c, c+columns, ...
   return visualize.make_grid([grid[:, c] for c in range(columns)],
-                          max_rows=rows)
+                             max_rows=rows)
 
 
 def define_flags() -> None:

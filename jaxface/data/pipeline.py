@@ -37,6 +37,7 @@ from jaxface.data import facemask
 from jaxface.data import schema
 from jaxface.data import sources
 from jaxface.data import transforms
+from jaxface.data import wflw
 
 TRAIN, VAL, TEST = sources.TRAIN, sources.VAL, sources.TEST
 # What `ExampleMaker` yields for a record without an example (filtered out in
@@ -47,8 +48,10 @@ SOURCE_MASKS = "source"
 
 
 def open_split(data: ml_collections.ConfigDict, split: str) -> Any:
-  """The source of `config.data.source` for a split: the one path from a
-  config to a source (`sources.open_source`)."""
+  """The source of `config.data.source` for a split.
+
+  The one path from a config to a source: `sources.open_source`.
+  """
   try:
     return sources.open_source(data.source, split=split, gender=data.gender,
                                size_hint=data.image_size)
@@ -91,6 +94,7 @@ class ExampleMaker:
     self.source = source
     self.renderer = make_renderer(data, source)
     self.size = data.image_size
+    self.augment = augment
     self.flip = data.flip and augment
     self.seed = seed
     self.num_records = len(source)
@@ -100,8 +104,8 @@ class ExampleMaker:
 
     Returns `SKIP` (an empty dict) for a record that yields no example: an
     unreadable file (already reported by the source), no landmarks to
-    place a mask, or one the task's `make` declines. Not None: grain would
-    drop a None inside each worker process, which would make the
+    render a mask from, or one the task's `make` declines. Not None: grain
+    would drop a None inside each worker process, which would make the
     interleaving of the workers, and so the batches, depend on the worker
     count.
     """
@@ -113,7 +117,7 @@ class ExampleMaker:
     face = self.face(record, rng)
     if face is None:
       return SKIP
-    example = self.spec(face, rng)
+    example = self.spec(face, rng, self.augment)
     return SKIP if example is None else example
 
   def face(self, record: dict, rng: np.random.Generator
@@ -130,9 +134,11 @@ class ExampleMaker:
     if self.flip and rng.random() < 0.5:
       fields = transforms.hflip(fields)
     landmarks = fields.get(schema.LANDMARKS)
-    if landmarks is None or not np.all(np.isfinite(landmarks)):
-      return None  # no mask can be placed, no landmark target exists
+    if landmarks is None:
+      landmarks = np.full((wflw.NUM_LANDMARKS, 2), np.nan, np.float32)
     if self.renderer is not None:
+      if not np.all(np.isfinite(landmarks)):
+        return None  # a mask is placed from the landmarks
       rendered = self.renderer(fields[schema.IMAGE], landmarks, rng)
       masked_image, mask = rendered.masked_image, rendered.mask
       style = rendered.style
@@ -141,9 +147,8 @@ class ExampleMaker:
       style = record.get(schema.MASK_STYLE, -1)
     if mask.ndim == 2:
       mask = mask[..., None]
-    approx = fields.get(schema.LANDMARKS_APPROX)
-    if approx is None:
-      approx = np.zeros(landmarks.shape[:1], np.bool_)
+    unknown = ~np.all(np.isfinite(landmarks), axis=-1)
+    approx = fields.get(schema.LANDMARKS_APPROX, unknown) | unknown
     return examples_lib.Face(
         image=fields[schema.IMAGE], masked_image=masked_image,
         mask=mask.astype(np.uint8),
@@ -182,9 +187,10 @@ def train_dataset(spec: examples_lib.ExampleSpec,
                        augment=True)
   ds = _records(len(source), process_index, process_count)
   if len(ds) < batch_size:
-    raise ValueError(f"the training split of {config.data.source!r} has "
-                     f"{len(ds)} records per process, fewer than one batch "
-                     f"({batch_size})")
+    raise ValueError(f"config.data.source={config.data.source!r}: the "
+                     f"training split has {len(ds)} records per process, "
+                     f"fewer than one batch of config.train.batch_size "
+                     f"({batch_size} per process)")
   maker.num_records = len(ds)
   ds = ds.shuffle(seed=config.seed).repeat().map_with_index(maker)
   it = ds.to_iter_dataset(grain.ReadOptions(
@@ -224,8 +230,9 @@ def eval_batches(spec: examples_lib.ExampleSpec,
   count = agree(len(batches)) if agree else len(batches)
   if count == 0:
     raise ValueError(
-        f"the {split} split of {config.data.source!r} yields fewer examples "
-        f"than one eval batch ({batch_size} per process)")
+        f"config.data.source={config.data.source!r}: the {split} split "
+        f"yields fewer examples than one batch of config.eval.batch_size "
+        f"({batch_size} per process)")
   return batches[:count]
 
 
@@ -246,5 +253,5 @@ def fixed_batch(spec: examples_lib.ExampleSpec,
       found.append(example)
     if len(found) == batch_size:
       return {k: np.stack([e[k] for e in found]) for k in found[0]}
-  raise ValueError(f"{config.data.source!r} has fewer than {batch_size} "
-                   "readable examples")
+  raise ValueError(f"config.data.source={config.data.source!r}: the {split} "
+                   f"split has fewer than {batch_size} readable examples")

@@ -656,7 +656,8 @@ def _draw_face(p, painter: _Painter, lm: np.ndarray, yaw: float,
     ])
     pt.poly(H(front), hair)
     # A few strands between the hairline and the crown.
-    crown = curves.resample_polyline(cap[len(cap) // 4:-(len(cap) // 4)][::-1], len(hl))
+    quarter = len(cap) // 4
+    crown = curves.resample_polyline(cap[quarter:-quarter][::-1], len(hl))
     for t, colour in ((0.35, hair_light), (0.7, hair_dark)):
       pt.line(H(_lerp(hl, crown, t)), 0.008, colour)
   return {"ears": ears}
@@ -681,7 +682,8 @@ def _draw_mask(p, painter: _Painter, lm: np.ndarray, ears, alpha_draw,
   nose = _lerp(lm[51], lm[53], p.mask_top) + [0.0, -0.01]
   under_l = _lerp(lm[66], lm[67], 0.3) + [0.0, 0.07]
   under_r = _lerp(lm[74], lm[73], 0.3) + [0.0, 0.07]
-  top = curves.catmull_rom(np.array([side[0], under_l, nose, under_r, side[-1]]), 6)
+  top = curves.catmull_rom(
+      np.array([side[0], under_l, nose, under_r, side[-1]]), 6)
   bottom = curves.catmull_rom(side[::-1], 2)  # right -> left
   body = np.concatenate([top, bottom[1:-1]])
   colour = p.mask_colour

@@ -3,15 +3,17 @@
 Every pipeline produces, and every step consumes, a dict of arrays with these
 keys (a task uses the subset it needs):
 
-| key            | shape / dtype            | meaning                               |
-|----------------|--------------------------|---------------------------------------|
-| `image`        | [B, H, W, 3] float32     | the clean face, in [0, 1]             |
-| `masked_image` | [B, H, W, 3] float32     | the face wearing a (synthetic) mask   |
-| `mask`         | [B, H, W, 1] float32     | 1 in the hole / on the face mask      |
-| `landmarks`    | [B, 98, 2] float32       | WFLW points, pixel (x, y)             |
-| `landmarks_approx` | [B, 98] bool         | True where a point is approximate     |
-| `gender`       | [B] int32                | 0 female, 1 male (-1 unknown)         |
-| `mask_style`   | [B] int32                | `MASK_STYLES` index (-1 unknown)      |
+| key                | shape / dtype        | meaning                          |
+|--------------------|----------------------|----------------------------------|
+| `image`            | [B, H, W, 3] float32 | the clean face, in [0, 1]        |
+| `masked_image`     | [B, H, W, 3] float32 | the face wearing a (synthetic)   |
+|                    |                      | face mask                        |
+| `mask`             | [B, H, W, 1] float32 | 1 in the hole / on the face mask |
+| `landmarks`        | [B, 98, 2] float32   | WFLW points, pixel (x, y)        |
+| `landmarks_approx` | [B, 98] bool         | True where a point is            |
+|                    |                      | approximate or unknown           |
+| `gender`           | [B] int32            | 0 female, 1 male (-1 unknown)    |
+| `mask_style`       | [B] int32            | `MASK_STYLES` index (-1 unknown) |
 
 Host pipelines keep images and masks as uint8 (4x less to move); `to_float`
 converts on the device side. Which keys a task's batches have is declared by

@@ -140,10 +140,17 @@ def _check_fractions(splits: Sequence[float]) -> tuple[float, float, float]:
 
 
 def split_counts(num: int, fractions: Sequence[float]) -> dict[str, int]:
-  """How many of `num` items each split gets (val and test rounded)."""
-  val = int(round(num * fractions[1]))
-  test = int(round(num * fractions[2]))
-  return {TRAIN: max(num - val - test, 0), VAL: val, TEST: test}
+  """How many of `num` items each split gets.
+
+  Counts sum to `num`, a split with fraction 0 gets none, and the rounding
+  goes to the largest remainders (ties to the earlier split).
+  """
+  exact = [num * f for f in fractions]
+  counts = [int(np.floor(x)) for x in exact]
+  order = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+  for i in order[:num - sum(counts)]:
+    counts[i] += 1
+  return dict(zip(SPLITS, counts))
 
 
 def hash_split(name: str, fractions: Sequence[float], seed: int = 0) -> str:
@@ -772,7 +779,7 @@ class Prepared:
           self.draft_size)
     except decode.CorruptImageError as e:
       decode.warn_once(f"{self.path}:{self.split}:{row}",
-                f"skipping undecodable record {row}: {e}")
+                       f"skipping undecodable record {row}: {e}")
       return None
     lm = np.array(stored[schema.LANDMARKS], np.float32)
     if scale != 1.0:

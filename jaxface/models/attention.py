@@ -153,7 +153,8 @@ class LongShortAttention(nn.Module):
 
     alpha = self.param("alpha", nn.initializers.zeros, (), jnp.float32)
     m = mask.reshape(b, n, 1).astype(self.dtype)
-    context = alpha.astype(self.dtype) * m * attended[..., c:] + (1 - m) * pre_flat
+    context = (alpha.astype(self.dtype) * m * attended[..., c:]
+               + (1 - m) * pre_flat)
     context = context.reshape(b, h, w, c)
     return AttentionResBlock(c, dtype=self.dtype, name="model")(
         jnp.concatenate([out, context], axis=-1), update_stats=update_stats)

@@ -24,8 +24,13 @@ def register(name: str, target: "str | type[task_lib.Task]") -> None:
   """Adds a task: a `Task` subclass or its "module:Class" path.
 
   For tasks that live outside this package (a test fixture, a user's own
-  module); jaxface's own tasks are the lines above.
+  module); jaxface's own tasks are the lines above. Registering the same
+  target again is a no-op; another target under a taken name is an error.
   """
+  if name in _REGISTRY and _REGISTRY[name] is not target and (
+      _REGISTRY[name] != target):
+    raise ValueError(f"task {name!r} is already registered as "
+                     f"{_REGISTRY[name]!r}")
   _REGISTRY[name] = target
 
 
@@ -54,6 +59,11 @@ def make(config: ml_collections.ConfigDict) -> task_lib.Task:
   return get(config.task)(config)
 
 
-def examples(name: str) -> examples_lib.ExampleSpec:
-  """What the data layer makes for task `name` (no networks are built)."""
-  return get(name).examples
+def examples(config: ml_collections.ConfigDict) -> examples_lib.ExampleSpec:
+  """What the data layer makes for `config.task`.
+
+  The task is built, since its examples may depend on the config (e.g.
+  augmentation strengths); building checks the config and creates no
+  parameters.
+  """
+  return make(config).examples

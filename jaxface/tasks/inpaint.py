@@ -40,10 +40,12 @@ from jaxface.weights import vgg as vgg_weights
 SN = layers.SPECTRAL_STATS
 
 
-def make_example(face: examples.Face,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+def make_example(face: examples.Face, rng: np.random.Generator,
+                 augment: bool) -> dict[str, np.ndarray] | None:
   """The clean face, the hole to fill, the landmarks that guide it."""
-  del rng  # no task-specific augmentation
+  del rng, augment  # no task-specific augmentation
+  if not np.all(np.isfinite(face.landmarks)):
+    return None  # the generator is guided by all 98 points
   return {schema.IMAGE: face.image, schema.MASK: face.mask,
           schema.LANDMARKS: face.landmarks, schema.GENDER: face.gender}
 
@@ -292,11 +294,13 @@ class InpaintTask(task_lib.Task):
                                 columns["target"]])
 
   def uncounted_flops(self, batch_size: int) -> float:
-    """The attention's FLOPs when cuDNN runs it (a custom call XLA does not
-    count): per layer and image, scores N*N*d*2 and the value product
-    N*N*Cv*2 with N positions; a step runs G's layer forward + backward (x3)
-    and D's layer on 2B images forward + backward (x3) and on B images
-    forward + input-backward (x2)."""
+    """The attention's FLOPs when cuDNN runs it (XLA cannot count it).
+
+    Per layer and image: scores N*N*d*2 and the value product N*N*Cv*2 with
+    N positions; a step runs G's layer forward + backward (x3) and D's layer
+    on 2B images forward + backward (x3) and on B images forward +
+    input-backward (x2).
+    """
     impl = attention.resolve_impl(self.config.model.attention_impl,
                                   self.dtype)
     if impl != "cudnn":

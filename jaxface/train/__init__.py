@@ -1,1 +1,1 @@
-"""Training: the shared loop, checkpoints, writers, and one step module per task."""
+"""Training: the loop every task shares, checkpoints, writers, progress."""

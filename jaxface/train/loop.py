@@ -182,6 +182,27 @@ class Setup:
     """A host batch (this process's rows) as a global sharded batch."""
     return sharding.put_batch(batch, self.data_sharding)
 
+  def abstract_batch(self, batch_size: int | None = None) -> dict[str, Any]:
+    """ShapeDtypeStructs of a global batch (default: `train.batch_size`).
+
+    Shapes come from one real example of the configured source, so they are
+    what the pipeline yields. With `abstract_state` and
+    `abstract_constants`, enough to lower and compile `train_step` ahead of
+    time for any device topology.
+    """
+    size = batch_size or self.config.train.batch_size
+    one = pipeline.fixed_batch(self.task.examples, self.config, 1)
+    return {k: jax.ShapeDtypeStruct((size,) + v.shape[1:], v.dtype,
+                                    sharding=self.data_sharding)
+            for k, v in one.items()}
+
+  def abstract_constants(self) -> Any:
+    """ShapeDtypeStructs of the task's constants (replicated)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=self.replicated),
+        jax.eval_shape(self.task.constants))
+
 
 def step_rng(seed: int, step: jax.Array) -> jax.Array:
   """The rng a task's `train_step` gets at `step` (0 for the first)."""
@@ -267,10 +288,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_iter = iter(pipeline.train_dataset(
       task.examples, config, batch_size=setup.train_batch_size,
       process_index=process_index, process_count=process_count))
-  eval_ds = pipeline.eval_batches(
-      task.examples, config, batch_size=setup.eval_batch_size,
-      process_index=process_index, process_count=process_count,
-      agree=_agree_min)
+  # Held-out batches (evaluation and sample grids), read only when used, so
+  # that a run without either needs no validation split.
+  eval_ds = None
+  if tc.eval_every or tc.image_every:
+    eval_ds = pipeline.eval_batches(
+        task.examples, config, batch_size=setup.eval_batch_size,
+        process_index=process_index, process_count=process_count,
+        agree=_agree_min)
 
   # ----------------------------------------------------------------- state
   manager = checkpoint.make_manager(workdir, max_to_keep=tc.max_to_keep)
@@ -291,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       train_iter.close()
     return state
   consts = setup.constants()
-  sample_batch = eval_ds[0]
+  sample_batch = eval_ds[0] if eval_ds else None
 
   def write_samples(step):
     columns = jax.device_get(setup.sample(state, setup.put(sample_batch),

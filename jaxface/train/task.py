@@ -7,7 +7,9 @@ ahead-of-time compile use only what is declared here, and never name a
 task; the registry (`jaxface.tasks`) maps `config.task` to the class.
 
   examples             the batch keys it needs and how the data layer makes
-                       one example (`jaxface.data.examples.ExampleSpec`)
+                       one example (`jaxface.data.examples.ExampleSpec`); a
+                       class attribute, or set in `__init__` when it
+                       depends on the config
   console_metrics      {label: train metric} shown on the progress line
   init_state(rng)      -> state: a pytree with an int32 scalar `step`
                        (the number of finished steps)

@@ -21,7 +21,8 @@ import numerics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from configs import inpaint as inpaint_config  # pylint: disable=g-import-not-at-top
+# pylint: disable-next=g-import-not-at-top
+from configs import inpaint as inpaint_config
 
 
 def tiny_config(**train):
@@ -314,7 +315,8 @@ def test_bad_config_values_name_the_key(key, value, match):
 
 
 def test_vgg_weights_are_loaded_from_the_configured_file(tmp_path):
-  from jaxface.weights import vgg as vgg_weights  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxface.weights import vgg as vgg_weights
   config = tiny_config()
   config.losses.vgg_width = 64
   task = inpaint.InpaintTask(config)

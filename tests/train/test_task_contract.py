@@ -30,8 +30,8 @@ from jaxface.train import task as task_lib
 POINTS = np.array([60, 72, 54, 16])  # WFLW: eye corners, nose tip, chin
 
 
-def make_example(face, rng):
-  del rng
+def make_example(face, rng, augment):
+  del rng, augment
   return {schema.IMAGE: face.masked_image, schema.LANDMARKS: face.landmarks,
           schema.GENDER: face.gender}
 
@@ -204,6 +204,18 @@ def test_each_step_gets_its_own_rng_from_seed_and_step():
   key = loop.step_rng(config.seed, 0)
   assert float(metrics["noise"]) == pytest.approx(
       0.02 * float(jax.random.normal(key, (8, 32, 32, 3))[0, 0, 0, 0]))
+
+
+def test_the_step_compiles_ahead_of_time_from_shapes_alone():
+  setup = loop.build(toy_config())
+  batch = setup.abstract_batch()
+  assert batch[schema.IMAGE].shape == (8, 32, 32, 3)
+  assert batch[schema.IMAGE].dtype == np.uint8
+  compiled = setup.train_step.lower(setup.abstract_state, batch,
+                                    setup.abstract_constants()).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert cost["flops"] > 0
 
 
 def test_the_training_benchmark_runs_any_registered_task():

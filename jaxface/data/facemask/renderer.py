@@ -23,7 +23,9 @@ HOLE_STYLES = holes.HOLE_STYLES
 # The style table is the batch contract's (`schema.MASK_STYLES`): a style's
 # label is its index there.
 STYLES = schema.MASK_STYLES
-assert STYLES == PROCEDURAL_STYLES + ("template",) + HOLE_STYLES
+if STYLES != PROCEDURAL_STYLES + ("template",) + HOLE_STYLES:
+  raise ImportError(f"schema.MASK_STYLES {STYLES} does not list the "
+                    "renderer's styles in order")
 STYLE_ID = {name: i for i, name in enumerate(STYLES)}
 DEFAULT_STYLES = PROCEDURAL_STYLES
 
@@ -116,10 +118,8 @@ class FaceMaskRenderer:
                     rng: np.random.Generator) -> str:
     """The masks.cfg section the `template` style draws for a face.
 
-    A random frontal template (a section whose name has no `_left` /
-    `_right` suffix), swapped for its `_left` (nose towards image-left) or
-    `_right` variant when `estimate_yaw` is beyond +-`TEMPLATE_YAW_DEG` and
-    masks.cfg has that variant.
+    See `templates.pick_template` (a frontal template, or its `_left` /
+    `_right` variant for a turned face).
 
     Args:
       landmarks: [98, 2] WFLW pixel (x, y).

@@ -29,9 +29,9 @@ between teacher(flip(image)) and flip(teacher(image)) drops from 1.5% to
 
 Tightly cropped, aligned faces (a face filling the frame, as in UTKFace's
 200x200 crops) are sometimes missed by the detector, which was trained on
-faces with context. Then the image is padded by 25% on each side and the detector
-retried; if that fails too, the mesh runs on the padded image as a whole and
-the answer is kept when its face-presence score is high.
+faces with context. Then the image is padded by 25% on each side and the
+detector retried; if that fails too, the mesh runs on the padded image as a
+whole and the answer is kept when its face-presence score is high.
 """
 
 import math
