@@ -1,6 +1,5 @@
 """Shared pytest setup: four fake CPU devices so sharded code runs anywhere."""
 
-import os
 import pathlib
 import sys
 

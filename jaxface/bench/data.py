@@ -27,7 +27,6 @@ from absl import app
 from absl import flags
 import cv2
 from ml_collections import config_flags
-import numpy as np
 
 from jaxface import tasks
 from jaxface.data import facemask
