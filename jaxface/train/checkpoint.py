@@ -1,21 +1,45 @@
-"""Checkpoints: orbax `CheckpointManager` with the train state and the data
-iterator in one step directory.
+"""Checkpoints and the workdir: what a run may trust when it starts again.
 
-Orbax writes each step into a temporary directory and renames it when
-complete, so a checkpoint is never left half-written: a run killed while
-saving resumes from the previous complete step. Saves are asynchronous (the
-device arrays are copied to host memory before `save` returns, so the next
-step may donate them).
+Checkpoints: orbax `CheckpointManager` with the train state and the data
+iterator in one step directory. Orbax writes each step into a temporary
+directory and renames it when complete, so a checkpoint is never left
+half-written. Saves are asynchronous (the device arrays are copied to host
+memory before `save` returns, so the next step may donate them).
+
+On start, `restore_latest` takes the newest checkpoint that restores: one
+that cannot (missing or truncated files, unreadable metadata, a stray
+folder) is reported by step, moved aside to `checkpoints.damaged/`, and the
+previous one is tried. A checkpoint whose arrays do not match the config's
+state (other shapes or keys) is not damaged but foreign: it is refused
+(`CheckpointMismatchError`) before anything is written.
+
+`WorkdirLock` keeps two runs out of one workdir.
 """
 
+import datetime
+import fcntl
+import json
 import os
-from typing import Any
+import shutil
+import socket
+from typing import Any, Callable
 
+from absl import logging
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 STATE, DATA = "state", "data"
+LOCK_FILE = "lock"
+DAMAGED_DIR = "checkpoints.damaged"
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoint holds another model than the config builds."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live run holds the workdir."""
 
 
 def make_manager(workdir: str, *, max_to_keep: int,
@@ -24,8 +48,12 @@ def make_manager(workdir: str, *, max_to_keep: int,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
       enable_async_checkpointing=asynchronous)
+  # Handlers named up front, so that a new manager (a restarted run) can read
+  # a checkpoint's metadata before restoring it.
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+      item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                     DATA: grain.checkpoint.CheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -55,3 +83,184 @@ def abstract_like(state_shapes: Any, shardings: Any) -> Any:
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       state_shapes, shardings)
+
+
+def _key_name(entry: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{"a/b/c": shape} of the arrays of a state or of checkpoint metadata."""
+  flat = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(
+          x, (dict, list, tuple)))[0]
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in flat}
+
+
+def mismatches(manager: ocp.CheckpointManager, step: int,
+               abstract_state: Any) -> list[str] | None:
+  """How the saved state of `step` differs from `abstract_state`.
+
+  Returns:
+    None when the checkpoint's metadata cannot be read (a damaged or stray
+    checkpoint), [] when every array matches, else one line per differing
+    array ("g_params/enc/kernel: (3, 3, 8, 16) saved, (3, 3, 8, 32) now").
+  """
+  try:
+    saved = _shapes(manager.item_metadata(step)[STATE].tree)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  wanted = _shapes(abstract_state)
+  out = []
+  for key in sorted(set(saved) | set(wanted)):
+    if key not in saved:
+      out.append(f"{key}: not in the checkpoint")
+    elif key not in wanted:
+      out.append(f"{key}: in the checkpoint only")
+    elif saved[key] != wanted[key]:
+      out.append(f"{key}: {saved[key]} saved, {wanted[key]} now")
+  return out
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves a damaged step aside (out of the manager's view)."""
+  root = os.fspath(manager.directory)
+  target = os.path.join(os.path.dirname(root), DAMAGED_DIR,
+                        f"{step}-{_timestamp()}")
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  shutil.move(os.path.join(root, str(step)), target)
+  manager.reload()
+  return target
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: Any,
+    make_iterator: Callable[[], Any], *, describe_mismatch: Callable[
+        [int, list[str]], str]) -> tuple[Any, int | None, Any]:
+  """The newest checkpoint that restores, falling back over damaged ones.
+
+  Args:
+    manager: the workdir's manager.
+    abstract_state: shapes, dtypes and shardings to restore into.
+    make_iterator: returns a fresh data iterator (restored in place; a
+      failed restore may leave it anywhere, so each try gets a new one).
+    describe_mismatch: `(step, mismatches) -> message` for the error raised
+      when a readable checkpoint holds another model.
+
+  Returns:
+    (state or None, its step or None, the data iterator at its position).
+
+  Raises:
+    CheckpointMismatchError: the newest readable checkpoint does not match
+      `abstract_state`; nothing was changed.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    problems = mismatches(manager, step, abstract_state)
+    if problems:
+      raise CheckpointMismatchError(describe_mismatch(step, problems))
+    iterator = make_iterator()
+    if problems is None:
+      error = "its metadata cannot be read"
+    else:
+      try:
+        return restore(manager, step, abstract_state, iterator), step, iterator
+      except Exception as e:  # pylint: disable=broad-except
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if hasattr(iterator, "close"):
+      iterator.close()
+    moved = (_quarantine(manager, step) if jax.process_index() == 0
+             else "(left in place by this process)")
+    logging.warning("The checkpoint of step %d in %s is damaged (%s); moved "
+                    "to %s, trying the previous one.", step,
+                    manager.directory, error, moved)
+  return None, None, make_iterator()
+
+
+def _timestamp() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).strftime(
+      "%Y%m%dT%H%M%SZ")
+
+
+def write_config(workdir: str, config_json: str, step: int) -> None:
+  """`config.json` (the latest start) and `starts/<time>-step<N>.json`.
+
+  Called once the state is restored (or initialised), so a refused start
+  leaves the workdir's config as it was.
+  """
+  for path in (os.path.join(workdir, "config.json"),
+               os.path.join(workdir, "starts",
+                            f"{_timestamp()}-step{step}.json")):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(config_json)
+    os.replace(tmp, path)
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir, held for the life of a run.
+
+  `<workdir>/lock` is locked with `flock`, which the kernel releases when
+  the holding process dies however it dies, so a lock left by a killed run
+  is recovered by the next start; the file names its holder (host, pid,
+  start time) for the message a second run prints. Local file systems only:
+  other paths (gs://) are not locked.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd = None
+
+  def acquire(self) -> "WorkdirLock":
+    """Takes the lock or raises `WorkdirLockedError` naming the holder."""
+    if "://" in self.path:
+      return self
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _read_holder(fd)
+      os.close(fd)
+      raise WorkdirLockedError(
+          f"{os.path.dirname(self.path)} is in use by another run ("
+          f"{holder}); wait for it to finish or stop it, or use another "
+          "--workdir") from None
+    previous = _read_holder(fd)
+    if previous:
+      logging.info("Took over the workdir lock of a run that ended (%s).",
+                   previous)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "since": _timestamp()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    os.ftruncate(self._fd, 0)  # an unheld lock names nobody
+    fcntl.flock(self._fd, fcntl.LOCK_UN)
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _read_holder(fd: int) -> str:
+  try:
+    info = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+  except (ValueError, OSError):
+    return "holder unknown"
+  if not info:
+    return ""
+  return (f"pid {info.get('pid')} on {info.get('host')}, since "
+          f"{info.get('since')}")

@@ -13,6 +13,7 @@ NaN/Inf.
 """
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -142,14 +143,6 @@ def _agree_min(n: int) -> int:
   return int(np.min(multihost_utils.process_allgather(np.int32(n))))
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
-
-
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """A task on a mesh: what the loop, a benchmark or an AOT compile needs.
@@ -271,23 +264,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The final train state.
   """
-  tc = config.train
   setup = build(config, devices)
-  task = setup.task
+  os.makedirs(workdir, exist_ok=True)
+  # One run per workdir: the primary process holds the lock for the run.
+  lock = checkpoint.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train(setup, workdir)
+  finally:
+    lock.release()
+
+
+def _describe_mismatch(workdir: str, config: ml_collections.ConfigDict
+                       ) -> Callable[[int, list[str]], str]:
+  """The message of a refused checkpoint: which arrays, which config keys."""
+
+  def describe(step: int, problems: list[str]) -> str:
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    text = (f"{workdir}: the checkpoint of step {step} holds another model "
+            f"than this config builds: {'; '.join(problems[:3])}{more}.")
+    try:
+      with open(os.path.join(workdir, "config.json")) as f:
+        saved = _flatten(json.load(f))
+    except (OSError, ValueError):
+      saved = None
+    if saved is not None:
+      now = _flatten(json.loads(config.to_json_best_effort()))
+      diffs = [f"{k}: {saved.get(k, '(absent)')!r} saved, "
+               f"{now.get(k, '(absent)')!r} now"
+               for k in sorted(set(saved) | set(now))
+               if saved.get(k) != now.get(k)]
+      if diffs:
+        text += (" Config values that differ from its config.json: "
+                 + "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
+                 + ".")
+    return text + (" Run with the config it was trained with, or use "
+                   "another --workdir.")
+
+  return describe
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tuple(tree) if isinstance(tree, list) else tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+  return out
+
+
+def _train(setup: Setup, workdir: str) -> Any:
+  """`train_and_evaluate` once the workdir is this run's."""
+  config, task, tc = setup.config, setup.task, setup.config.train
   process_index, process_count = jax.process_index(), jax.process_count()
   is_primary = process_index == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_primary:
-    _write_config(workdir, config)
   mesh = setup.mesh
   logging.info("Mesh %s over %d devices (%s); %d process(es).",
                dict(mesh.shape), mesh.devices.size,
                mesh.devices.flat[0].platform, process_count)
 
   # ------------------------------------------------------------------ data
-  train_iter = iter(pipeline.train_dataset(
-      task.examples, config, batch_size=setup.train_batch_size,
-      process_index=process_index, process_count=process_count))
+  def make_train_iter():
+    return iter(pipeline.train_dataset(
+        task.examples, config, batch_size=setup.train_batch_size,
+        process_index=process_index, process_count=process_count))
+
   # Held-out batches (evaluation and sample grids), read only when used, so
   # that a run without either needs no validation split.
   eval_ds = None
@@ -299,15 +341,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ----------------------------------------------------------------- state
   manager = checkpoint.make_manager(workdir, max_to_keep=tc.max_to_keep)
-  latest = manager.latest_step()
-  if latest is not None:
-    state = checkpoint.restore(manager, latest, setup.abstract_state,
-                               train_iter)
+  state, latest, train_iter = checkpoint.restore_latest(
+      manager, setup.abstract_state, make_train_iter,
+      describe_mismatch=_describe_mismatch(workdir, config))
+  if state is not None:
     logging.info("Resumed from the checkpoint of step %d in %s.", latest,
                  workdir)
   else:
     state = setup.init(jax.random.key(config.seed))
   step = int(jax.device_get(state.step))
+  if is_primary:  # only now: a refused checkpoint leaves the old config
+    checkpoint.write_config(
+        workdir, config.to_json_best_effort(indent=2, sort_keys=True), step)
   if step >= tc.num_steps:
     logging.info("%s is already trained to step %d (config.train.num_steps="
                  "%d); raise num_steps to train on.", workdir, step,

@@ -1,0 +1,157 @@
+"""Checkpoints a run can trust, and one run per workdir (fault injection).
+
+Runs the toy task of `tests/toy_task.py` (seconds per run) through the real
+loop.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxface.train import checkpoint
+from jaxface.train import loop
+import toy_task as toy  # registers the toy task
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _equal(a, b):
+  a, b = jax.device_get((a, b))
+  return all(np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _run(workdir, num_steps, **train):
+  return loop.train_and_evaluate(
+      toy.toy_config(num_steps=num_steps, checkpoint_every=2, **train),
+      str(workdir))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Uninterrupted runs: {4: state after 4 steps, 6: after 6}."""
+  return {n: _run(tmp_path_factory.mktemp(f"straight{n}"), n) for n in (4, 6)}
+
+
+def _damage_truncate(step_dir):
+  files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file())
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 3])
+
+
+def _damage_lose_the_state(step_dir):
+  shutil.rmtree(step_dir / "state")
+
+
+def _damage_empty(step_dir):
+  for p in sorted(step_dir.rglob("*"), reverse=True):
+    p.unlink() if p.is_file() else p.rmdir()
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_lose_the_state,
+                                    _damage_empty])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(
+    tmp_path, reference, caplog, damage):
+  workdir = tmp_path / "run"
+  _run(workdir, 4)
+  damage(workdir / "checkpoints" / "4")
+  with caplog.at_level(logging.INFO):
+    state = _run(workdir, 6)
+  assert "checkpoint of step 4" in caplog.text and "damaged" in caplog.text
+  assert "Resumed from the checkpoint of step 2" in caplog.text
+  assert [p.name[:2] for p in (workdir / "checkpoints.damaged").iterdir()
+          ] == ["4-"]
+  # Steps 3 and 4 were trained again from step 2, exactly as before.
+  assert int(state.step) == 6
+  assert _equal(state, reference[6])
+
+
+def test_a_stray_folder_is_not_a_checkpoint(tmp_path, reference, caplog):
+  workdir = tmp_path / "run"
+  _run(workdir, 4)
+  (workdir / "checkpoints" / "9").mkdir()
+  with caplog.at_level(logging.INFO):
+    state = _run(workdir, 4)
+  assert "checkpoint of step 9" in caplog.text
+  assert "Resumed from the checkpoint of step 4" in caplog.text
+  assert int(state.step) == 4 and _equal(state, reference[4])
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_writing(tmp_path):
+  workdir = tmp_path / "run"
+  _run(workdir, 2)
+  before = (workdir / "config.json").read_text()
+  starts = sorted(os.listdir(workdir / "starts"))
+  config = toy.toy_config(num_steps=4)
+  config.model.width = 8
+  with pytest.raises(checkpoint.CheckpointMismatchError) as e:
+    loop.train_and_evaluate(config, str(workdir))
+  message = str(e.value)
+  assert "checkpoint of step 2" in message
+  assert ("model_state/batch_stats/BatchNorm_0/mean: (4,) saved, (8,) now"
+          in message)
+  assert "(and 42 more)" in message
+  assert "model.width: 4 saved, 8 now" in message
+  # Nothing was written: the config of the run is the one it was trained
+  # with, no start was recorded, the checkpoint is where it was.
+  assert (workdir / "config.json").read_text() == before
+  assert sorted(os.listdir(workdir / "starts")) == starts
+  assert (workdir / "checkpoints" / "2").is_dir()
+  assert not (workdir / "checkpoints.damaged").exists()
+
+
+def test_every_start_keeps_its_config(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  _run(workdir, 2)
+  with caplog.at_level(logging.INFO):
+    _run(workdir, 4)
+  assert "Resumed from the checkpoint of step 2" in caplog.text
+  starts = sorted(os.listdir(workdir / "starts"))
+  assert len(starts) == 2 and starts[0].endswith("-step0.json")
+  assert starts[1].endswith("-step2.json")
+  assert json.loads((workdir / "config.json").read_text())["train"][
+      "num_steps"] == 4
+
+
+def test_a_second_run_on_a_workdir_is_refused(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  with checkpoint.WorkdirLock(str(workdir)):
+    with pytest.raises(checkpoint.WorkdirLockedError,
+                       match=rf"in use by another run \(pid {os.getpid()} "):
+      _run(workdir, 2)
+  # Released on exit: the workdir is free again.
+  assert int(_run(workdir, 2).step) == 2
+
+
+def test_a_lock_left_by_a_killed_run_is_recovered(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(f"""
+          import sys, time
+          sys.path.insert(0, {str(REPO)!r})
+          from jaxface.train import checkpoint
+          checkpoint.WorkdirLock({str(workdir)!r}).acquire()
+          print("locked", flush=True)
+          time.sleep(600)
+          """)], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "locked"
+  with pytest.raises(checkpoint.WorkdirLockedError, match=str(holder.pid)):
+    checkpoint.WorkdirLock(str(workdir)).acquire()
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with caplog.at_level(logging.INFO):
+    state = _run(workdir, 2)
+  assert int(state.step) == 2
+  assert f"pid {holder.pid}" in caplog.text  # whose lock was taken over
