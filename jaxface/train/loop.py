@@ -286,11 +286,11 @@ def _describe_mismatch(workdir: str, config: ml_collections.ConfigDict
             f"than this config builds: {'; '.join(problems[:3])}{more}.")
     try:
       with open(os.path.join(workdir, "config.json")) as f:
-        saved = _flatten(json.load(f))
+        saved = writers.flatten(json.load(f))
     except (OSError, ValueError):
       saved = None
     if saved is not None:
-      now = _flatten(json.loads(config.to_json_best_effort()))
+      now = writers.flatten(json.loads(config.to_json_best_effort()))
       diffs = [f"{k}: {saved.get(k, '(absent)')!r} saved, "
                f"{now.get(k, '(absent)')!r} now"
                for k in sorted(set(saved) | set(now))
@@ -303,15 +303,6 @@ def _describe_mismatch(workdir: str, config: ml_collections.ConfigDict
                    "another --workdir.")
 
   return describe
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tuple(tree) if isinstance(tree, list) else tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-  return out
 
 
 def _train(setup: Setup, workdir: str) -> Any:

@@ -74,7 +74,7 @@ Scalar = interface.Scalar
 PathLike = Union[str, os.PathLike]
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   """Flattens nested mappings (and ConfigDicts) to `a.b.c` keys."""
   if hasattr(tree, "to_dict") and callable(tree.to_dict):
     tree = tree.to_dict()
@@ -85,7 +85,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
     name = f"{prefix}.{key}" if prefix else str(key)
-    out.update(_flatten(value, name))
+    out.update(flatten(value, name))
   return out
 
 
@@ -206,7 +206,7 @@ class TensorBoardWriter(interface.MetricWriter):
     Nested mappings (and `ConfigDict`s) are flattened to dotted names; values
     of any type are shown with `str`.
     """
-    flat = _flatten(hparams)
+    flat = flatten(hparams)
     lines = ["| name | value |", "| --- | --- |"]
     lines += [f"| {_markdown_cell(k)} | {_markdown_cell(v)} |"
               for k, v in sorted(flat.items())]
