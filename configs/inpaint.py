@@ -96,7 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       image_every=5_000,
       eval_every=10_000,
       checkpoint_every=5_000,
-      max_to_keep=3,
+      max_to_keep=3,          # the newest checkpoints kept...
+      keep_every=100_000,     # ...plus these steps for good (0: none)
   ))
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=16, num_batches=32))

@@ -101,9 +101,12 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
               "max_to_keep"):
     check(_is_int(t[key]) and t[key] > 0, f"train.{key}", t[key],
           "a positive integer")
-  for key in ("image_every", "eval_every"):
+  for key in ("image_every", "eval_every", "keep_every"):
     check(_is_int(t[key]) and t[key] >= 0, f"train.{key}", t[key],
           "an integer >= 0 (0 = never)")
+  check(t.keep_every % t.checkpoint_every == 0, "train.keep_every",
+        t.keep_every, f"a multiple of train.checkpoint_every "
+        f"({t.checkpoint_every}): only saved steps can be kept")
   e = config.eval
   check(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size",
         e.batch_size, "a positive integer")

@@ -10,9 +10,14 @@ tests and notebooks).
   --workdir                checkpoints, TensorBoard events and samples; a run
                            pointed at an existing workdir resumes from its
                            latest checkpoint
+
+Exit status: 0 trained to `train.num_steps`; 75 stopped by SIGTERM/SIGINT
+(preemption) after saving a checkpoint, rerun the same command to resume;
+1 failed (the message says why).
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -60,7 +65,11 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except loop.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(loop.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def toy_config(**train):
   c.optim = ml_collections.ConfigDict(dict(lr=3e-3, b1=0.9, b2=0.999))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=8, num_steps=4, log_every=2, image_every=0, eval_every=0,
-      checkpoint_every=100, max_to_keep=2))
+      checkpoint_every=100, max_to_keep=2, keep_every=0))
   c.train.update(train)
   c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_batches=1))
   return c

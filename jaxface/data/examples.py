@@ -63,6 +63,10 @@ class Face:
   key: str
 
 
+class ExampleContractError(ValueError):
+  """A task's `make` broke its `ExampleSpec`: a bug, never a bad record."""
+
+
 MakeExample = Callable[[Face, np.random.Generator, bool],
                        "Mapping[str, Any] | None"]
 
@@ -104,7 +108,7 @@ class ExampleSpec:
     if example is None:
       return None
     if set(example) != set(self.keys):
-      raise ValueError(
+      raise ExampleContractError(
           f"{getattr(self.make, '__qualname__', self.make)} made an example "
           f"with keys {sorted(example)} for {face.key}; its ExampleSpec "
           f"declares {sorted(self.keys)}")

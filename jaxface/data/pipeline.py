@@ -5,13 +5,23 @@ yields per-process batches of the contract in `jaxface.data.schema`, with
 uint8 images (the step converts on the device):
 
   record index --shuffle(seed), repeat--> (record, epoch)
-    -> read + decode (corrupt files: warned once, skipped)
+    -> read + decode
     -> crop to a square and resize to `data.image_size` (landmarks follow)
     -> horizontal flip with the 98-point left/right permutation
-    -> a face mask: rendered from the landmarks (`data.mask_styles`), or the
-       source's own (`provides_masks`)            = an `examples.Face`
-    -> the task's `ExampleSpec.make(face, rng)` -> batch
+    -> landmark checks (`checks.check_landmarks`), then a face mask:
+       rendered from the landmarks (`data.mask_styles`), or the source's
+       own (`provides_masks`); it must cover something  = an `examples.Face`
+    -> the task's `ExampleSpec.make(face, rng)`
     -> worker processes (optional)
+    -> batches of the examples, skipped records left out and counted
+
+No record can stop a run: a record that yields no example (an unreadable
+file, landmarks that are no face in the image, a face mask that covers
+nothing, an error in rendering or in the task's `make`) becomes a skip
+marker naming the file and the reason. The batcher leaves it out (the next
+record of the stream takes its place, the same on every run and resume),
+warns once per file, and counts it in `skipped`, which is part of the
+iterator state, so the count survives restarts too.
 
 The task is not named here: callers pass its `ExampleSpec` (the task
 registry, `jaxface.tasks`, holds them). Every random choice is drawn from
@@ -32,6 +42,8 @@ import grain
 import ml_collections
 import numpy as np
 
+from jaxface.data import checks
+from jaxface.data import decode
 from jaxface.data import examples as examples_lib
 from jaxface.data import facemask
 from jaxface.data import schema
@@ -40,9 +52,13 @@ from jaxface.data import transforms
 from jaxface.data import wflw
 
 TRAIN, VAL, TEST = sources.TRAIN, sources.VAL, sources.TEST
-# What `ExampleMaker` yields for a record without an example (filtered out in
-# the main process, after the workers).
-SKIP: dict = {}
+# The key of the marker `ExampleMaker` yields for a record without an
+# example: {SKIPPED: "<file>: <reason>"} (left out in the main process, after
+# the workers).
+SKIPPED = "skipped"
+# The reason of a record the task's `make` declines (e.g. one without the
+# label it learns): counted, not warned about.
+DECLINED = "declined by the task's examples"
 # `config.data.mask_styles` value that insists on the source's own masks.
 SOURCE_MASKS = "source"
 
@@ -102,27 +118,48 @@ class ExampleMaker:
   def __call__(self, index: int, record_index: int) -> dict:
     """The example of a record in the epoch of stream position `index`.
 
-    Returns `SKIP` (an empty dict) for a record that yields no example: an
-    unreadable file (already reported by the source), no landmarks to
-    render a mask from, or one the task's `make` declines. Not None: grain
-    would drop a None inside each worker process, which would make the
-    interleaving of the workers, and so the batches, depend on the worker
-    count.
+    Returns a skip marker `{SKIPPED: "<file>: <reason>"}` for a record that
+    yields no example, whatever the cause (see the module docstring). Not
+    None: grain would drop a None inside each worker process, which would
+    make the interleaving of the workers, and so the batches, depend on the
+    worker count.
     """
+    record_index = int(record_index)
     epoch = index // self.num_records
-    record = self.source[int(record_index)]
-    if record is None:
-      return SKIP
-    rng = np.random.default_rng((self.seed, int(record_index), epoch))
-    face = self.face(record, rng)
-    if face is None:
-      return SKIP
-    example = self.spec(face, rng, self.augment)
-    return SKIP if example is None else example
+    name = self._name(record_index)
+    try:
+      record = self.source[record_index]
+      if record is None:
+        return {SKIPPED: f"{name}: unreadable image"}
+      name = str(record.get(sources.KEY, name))
+      rng = np.random.default_rng((self.seed, record_index, epoch))
+      face = self.face(record, rng)
+      if isinstance(face, str):
+        return {SKIPPED: f"{name}: {face}"}
+      example = self.spec(face, rng, self.augment)
+    except examples_lib.ExampleContractError:
+      raise  # the task's bug: stop and say so
+    except Exception as e:  # pylint: disable=broad-except
+      # One record must never stop a run; the marker names it and the error.
+      reason = str(e).splitlines()[0][:300] if str(e) else ""
+      return {SKIPPED: f"{name}: {type(e).__name__}: {reason}"}
+    if example is None:
+      return {SKIPPED: f"{name}: {DECLINED}"}
+    return example
+
+  def _name(self, record_index: int) -> str:
+    """The file (key) of a record, for reports, without reading it."""
+    key = getattr(self.source, "key", None)  # file sources
+    if key is not None:
+      return key(record_index)
+    return f"record {record_index} of {self.source!r}"
 
   def face(self, record: dict, rng: np.random.Generator
-           ) -> examples_lib.Face | None:
-    """The shared host steps: square crop, resize, flip, face mask."""
+           ) -> examples_lib.Face | str:
+    """The shared host steps: square crop, resize, flip, face mask.
+
+    Returns the face, or why the record has none (a one-line reason).
+    """
     fields = {k: record[k] for k in (schema.IMAGE, schema.MASKED_IMAGE,
                                      schema.MASK, schema.LANDMARKS,
                                      schema.LANDMARKS_APPROX)
@@ -137,8 +174,12 @@ class ExampleMaker:
     if landmarks is None:
       landmarks = np.full((wflw.NUM_LANDMARKS, 2), np.nan, np.float32)
     if self.renderer is not None:
+      # A mask is placed from the landmarks: they must be a face.
       if not np.all(np.isfinite(landmarks)):
-        return None  # a mask is placed from the landmarks
+        return "no landmarks to place a face mask from"
+      reason = checks.check_landmarks(landmarks, self.size, self.size)
+      if reason is not None:
+        return reason
       rendered = self.renderer(fields[schema.IMAGE], landmarks, rng)
       masked_image, mask = rendered.masked_image, rendered.mask
       style = rendered.style
@@ -147,6 +188,8 @@ class ExampleMaker:
       style = record.get(schema.MASK_STYLE, -1)
     if mask.ndim == 2:
       mask = mask[..., None]
+    if not mask.any():
+      return "the face mask covers nothing (is the face in the image?)"
     unknown = ~np.all(np.isfinite(landmarks), axis=-1)
     approx = fields.get(schema.LANDMARKS_APPROX, unknown) | unknown
     return examples_lib.Face(
@@ -156,6 +199,76 @@ class ExampleMaker:
         landmarks_approx=np.asarray(approx, np.bool_),
         gender=np.int32(record.get(schema.GENDER, -1)),
         mask_style=np.int32(style), key=str(record.get(sources.KEY, "?")))
+
+
+def _is_example(element: dict) -> bool:
+  return SKIPPED not in element
+
+
+def _keep_example(element: dict) -> bool:
+  """`_is_example`, reporting a skipped record (held-out data)."""
+  if _is_example(element):
+    return True
+  report_skipped(element)
+  return False
+
+
+def report_skipped(marker: dict) -> None:
+  """Warns about a skipped record, once per file and reason."""
+  text = marker[SKIPPED]
+  if text.endswith(DECLINED):
+    return
+  decode.warn_once(f"skipped:{text}",
+                   f"record skipped, the next one takes its place: {text}")
+
+
+# This many skipped records in a row is no longer bad data but a broken
+# source or task: stop, with the last reason.
+MAX_SKIPPED_IN_A_ROW = 500
+
+
+class _BatchIterator(grain.DatasetIterator):
+  """Stacks examples into batches, leaving out and counting skip markers."""
+
+  def __init__(self, parent: grain.DatasetIterator, batch_size: int):
+    super().__init__(parent)
+    self.batch_size = batch_size
+    self.skipped = 0  # skip markers seen since the start of the run
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    examples, in_a_row = [], 0
+    while len(examples) < self.batch_size:
+      element = next(self._parent)
+      if _is_example(element):
+        examples.append(element)
+        in_a_row = 0
+        continue
+      self.skipped += 1
+      in_a_row += 1
+      report_skipped(element)
+      if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+        raise RuntimeError(
+            f"{in_a_row} records in a row yielded no example; the last: "
+            f"{element[SKIPPED]}. Check config.data.source and the task.")
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._parent.get_state(), "skipped": self.skipped}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self.skipped = int(state["skipped"])
+
+
+class _Batches(grain.IterDataset):
+  """`_BatchIterator` as a dataset (what `train_dataset` returns)."""
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int):
+    super().__init__(parent)
+    self.batch_size = batch_size
+
+  def __iter__(self) -> _BatchIterator:
+    return _BatchIterator(self._parent.__iter__(), self.batch_size)
 
 
 def _records(num: int, process_index: int,
@@ -180,7 +293,8 @@ def train_dataset(spec: examples_lib.ExampleSpec,
     process_count: all processes; each reads an equal share of the records.
 
   Returns:
-    A checkpointable grain `IterDataset` of per-process batches.
+    A checkpointable grain `IterDataset` of per-process batches; its
+    iterator counts the records it left out in `skipped`.
   """
   source = open_split(config.data, TRAIN)
   maker = ExampleMaker(spec, config.data, source, seed=config.seed,
@@ -202,7 +316,7 @@ def train_dataset(spec: examples_lib.ExampleSpec,
     # are the same for any worker count.
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.data.worker_count))
-  return it.filter(bool).batch(batch_size, drop_remainder=True)
+  return _Batches(it, batch_size)
 
 
 def eval_batches(spec: examples_lib.ExampleSpec,
@@ -223,7 +337,7 @@ def eval_batches(spec: examples_lib.ExampleSpec,
                        augment=False)
   ds = _records(len(source), process_index, process_count)
   maker.num_records = max(len(ds), 1)
-  it = ds.map_with_index(maker).to_iter_dataset().filter(bool)
+  it = ds.map_with_index(maker).to_iter_dataset().filter(_keep_example)
   it = it.batch(batch_size, drop_remainder=True)
   limit = config.eval.num_batches if config.eval.num_batches > 0 else None
   batches = list(itertools.islice(iter(it), limit))
@@ -249,7 +363,7 @@ def fixed_batch(spec: examples_lib.ExampleSpec,
   found = []
   for i in range(len(source)):
     example = maker(0, i)
-    if example:
+    if _keep_example(example):
       found.append(example)
     if len(found) == batch_size:
       return {k: np.stack([e[k] for e in found]) for k in found[0]}

@@ -15,19 +15,39 @@ For every image of every split (train / val / test) of the source:
      any are skipped;
   3. gender: the source's label, or a gender teacher's (`--gender`) when the
      source has none (else it stays unknown, -1);
-  4. crop a square (`--align=center`: the largest centred square, for
+  4. check the record (`jaxface.data.checks`): an image smaller than
+     `--min_size`, or landmarks that are no plausible face in it (far
+     outside the image, all at one spot, NaN, an impossible geometry) are
+     reported by name with the reason and skipped;
+  5. crop a square (`--align=center`: the largest centred square, for
      aligned crops such as UTKFace, CelebA, FFHQ; `face`: a box around the
-     landmarks) and resize to `--size`;
-  5. store as JPEG with its landmarks (and which are approximate), gender
+     landmarks), resize to `--size` and check the landmarks again in the
+     crop, so that nothing that would break training is written;
+  6. store as JPEG with its landmarks (and which are approximate), gender
      and the teacher's name, in the `masked_faces` TFDS dataset (ArrayRecord;
      read back without TensorFlow).
 
 Idempotent: work is saved in shards under `<out>/_work/` as it goes, so an
 interrupted run resumes where it stopped, and a finished dataset is not
-rebuilt (unless `--overwrite`). A summary at the end lists records written
-per split and those skipped, with the reason; the names of skipped files are
-also written to `<out>/skipped.txt`. The synthetic face masks are not stored:
-the training pipelines render them on the fly, seeded by (record, epoch).
+rebuilt (unless `--overwrite`). A shard's file name holds a digest of what
+went into it: the settings and, per record, its key, its labels (gender,
+landmarks) and its image content (`input_digest` of the source). Before any
+work, every input is checked against the saved shards ("checking N
+inputs"), so a labels file edited or a photo replaced between an
+interrupted run and its resume redoes the shards concerned instead of
+reusing stale ones.
+
+A summary at the end lists records written per split and those skipped,
+with the reason; the skipped files are also listed in `<out>/skipped.txt`
+(UTF-8, one line `split<TAB>key<TAB>reason` per file). File names may hold
+any character, so in both places keys and reasons are escaped to stay on
+one line: a backslash becomes `\\`, and a tab, newline, carriage return,
+any other unprintable character or an undecodable byte of the file name
+(surrogate-escaped) becomes its Python escape (`\t`, `\n`, `\r`, `\x1b`,
+`\udcff`, ...); printable text, non-ASCII letters included, stays as is.
+
+The synthetic face masks are not stored: the training pipelines render them
+on the fly, seeded by (record, epoch).
 """
 
 import collections
@@ -46,6 +66,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxface.data import checks
 from jaxface.data import masked_faces
 from jaxface.data import sources
 from jaxface.data import teachers
@@ -64,9 +85,10 @@ class Preparer:
   """Turns one source record into a stored example (picklable)."""
 
   def __init__(self, *, size: int, align: str, face_scale: float,
-               quality: int, landmark_spec: str, gender_spec: str):
+               quality: int, landmark_spec: str, gender_spec: str,
+               min_size: int = checks.MIN_IMAGE_SIZE):
     self.size, self.align, self.face_scale = size, align, face_scale
-    self.quality = quality
+    self.quality, self.min_size = quality, min_size
     self.landmark_spec, self.gender_spec = landmark_spec, gender_spec
     self._landmark_teacher = None
     self._gender_teacher = None
@@ -111,6 +133,11 @@ class Preparer:
       return None, ("no face found by the landmark teacher"
                     if self.landmark_teacher is not None
                     else "no landmarks (pass --landmarks=TEACHER)")
+    # Landmarks off by a scale, all at one spot or NaN (from the labels or a
+    # teacher) would place no mask or break the renderer: not a record.
+    reason = checks.check_face(image, landmarks, self.min_size)
+    if reason is not None:
+      return None, reason
 
     gender = int(record.get("gender", -1))
     if gender < 0 and self.gender_teacher is not None:
@@ -125,10 +152,14 @@ class Preparer:
       box = transforms.center_square_box(h, w)
     out = transforms.crop_and_resize(
         {"image": image, "landmarks": landmarks}, box, self.size)
+    # The crop may leave the face out (a centred square of a wide photo).
+    reason = checks.check_landmarks(out["landmarks"], self.size, self.size)
+    if reason is not None:
+      return None, f"in the {self.size}x{self.size} crop: {reason}"
     return {
         "image": masked_faces.encode_image(out["image"], "jpeg",
                                            self.quality),
-        "key": key,
+        "key": _escape(key),  # one line, encodable (any file name)
         "landmarks": out["landmarks"],
         "landmarks_approx": np.asarray(approx, bool),
         "gender": gender,
@@ -170,18 +201,72 @@ def _work_shard(args) -> tuple[str, int, list[dict], list[tuple[str, str]]]:
 
 
 # --------------------------------------------------------- shard bookkeeping
-def _shard_keys(source, split: str, start: int, stop: int) -> str:
-  """A digest of which records a shard covers.
+def _input_digests(source, split: str, progress=None
+                   ) -> list[tuple[str, str]]:
+  """(key, digest of its inputs) of every record of a split's source.
 
-  Part of the shard's file name: if files were added to or removed from the
-  source between an interrupted run and its resume, the index range of a
-  shard names other records, and the shard is prepared again instead of
-  being reused for the wrong faces.
+  The digest is the source's `input_digest` (labels and image content); a
+  source without one is trusted by its key alone. `progress(n)` is called
+  as records are done.
   """
   keys = getattr(source, "keys", None)
-  names = (keys[start:stop] if keys is not None
-           else [f"{split}/{i}" for i in range(start, stop)])
-  return hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
+  digest = getattr(source, "input_digest", None)
+  out = []
+  for i in range(len(source)):
+    key = keys[i] if keys is not None else f"{split}/{i}"
+    out.append((key, digest(i) if digest is not None else ""))
+    if progress is not None:
+      progress(1)
+  return out
+
+
+def _shard_digest(params: dict, split: str,
+                  inputs: list[tuple[str, str]]) -> str:
+  """A digest of what went into a shard: the settings and its records.
+
+  Part of the shard's file name: if files were added or removed, a labels
+  row edited or a photo replaced between an interrupted run and its resume,
+  the shard gets another name and is prepared again instead of being reused
+  for stale or wrong faces.
+  """
+  h = hashlib.blake2b(digest_size=8)
+
+  def put(text: str) -> None:
+    # Length-prefixed: no key (whatever it holds) can run into the next.
+    data = text.encode("utf-8", "surrogateescape")
+    h.update(len(data).to_bytes(8, "little") + data)
+
+  put(json.dumps(params, sort_keys=True))
+  put(split)
+  for key, digest in inputs:
+    put(key)
+    put(digest)
+  return h.hexdigest()
+
+
+class _Checking:
+  """Progress of the input check: silent unless it takes a while."""
+
+  def __init__(self, total: int, after: float = 2.0):
+    self.total, self.after, self.done, self.shown = total, after, 0, 0
+    self.start = self.last = time.monotonic()
+    self.bar = None
+
+  def __call__(self, n: int) -> None:
+    self.done += n
+    now = time.monotonic()
+    if now - self.last < 0.2 and self.done < self.total:
+      return  # a bar update per record would cost more than the check
+    self.last = now
+    if self.bar is None:
+      if now - self.start < self.after:
+        return
+      print(f"checking {self.total} inputs against the saved work ...",
+            flush=True)
+      self.bar = _Bar(self.total, "checking")
+      self.bar.start = self.start  # the rate of the whole check
+    self.bar.update(self.done - self.shown)
+    self.shown = self.done
 
 
 def _shard_path(work: str, split: str, shard: int, digest: str) -> str:
@@ -193,6 +278,14 @@ def _save_shard(path: str, examples, skipped) -> None:
   with open(tmp, "wb") as f:
     pickle.dump({"examples": examples, "skipped": skipped}, f)
   os.replace(tmp, path)  # a shard on disk is always complete
+
+
+def _escape(text: str) -> str:
+  """`text` on one line: backslash, unprintables and bad bytes escaped."""
+  return "".join(
+      "\\\\" if c == "\\" else c if c.isprintable()
+      else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+      for c in str(text))
 
 
 def _load_shard(path: str) -> dict:
@@ -240,11 +333,12 @@ class _Bar:
 def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
             face_scale: float = 1.6, landmarks: str = "", gender: str = "",
             workers: int = 0, quality: int = 95, shard_size: int = 256,
+            min_size: int = checks.MIN_IMAGE_SIZE,
             overwrite: bool = False) -> dict[str, Any]:
   """Prepares `source` into `out` and returns the summary dict."""
   params = dict(source=source, size=size, align=align, face_scale=face_scale,
                 landmarks=landmarks, gender=gender, quality=quality,
-                shard_size=shard_size)
+                shard_size=shard_size, min_size=min_size)
   os.makedirs(out, exist_ok=True)
   if not overwrite:
     try:
@@ -267,21 +361,25 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
 
   preparer = Preparer(size=size, align=align, face_scale=face_scale,
                       quality=quality, landmark_spec=landmarks,
-                      gender_spec=gender)
+                      gender_spec=gender, min_size=min_size)
   # Build the teachers once here, so that a bad spec fails before any work.
   _ = preparer.landmark_teacher, preparer.gender_teacher
 
-  jobs, sizes, paths = [], {}, {}
-  for split in SPLITS:
-    src = _open(source, split)
-    sizes[split] = n = len(src)
-    for shard, start in enumerate(range(0, n, shard_size)):
-      stop = min(start + shard_size, n)
-      digest = _shard_keys(src, split, start, stop)
+  jobs, paths = [], {}
+  opened = {split: _open(source, split) for split in SPLITS}
+  sizes = {split: len(src) for split, src in opened.items()}
+  # Key every shard on its inputs (here, before any job: a stale shard must
+  # never be taken for done).
+  progress = _Checking(sum(sizes.values()))
+  for split, src in opened.items():
+    inputs = _input_digests(src, split, progress)
+    for shard, start in enumerate(range(0, sizes[split], shard_size)):
+      stop = min(start + shard_size, sizes[split])
+      digest = _shard_digest(params, split, inputs[start:stop])
       paths[split, shard] = _shard_path(work, split, shard, digest)
       if not os.path.exists(paths[split, shard]):
         jobs.append((source, split, shard, start, stop, digest, preparer))
-  # Shards of an older listing of the source are not reused.
+  # Shards of older inputs (listing, labels, images) are not reused.
   for name in os.listdir(work):
     path = os.path.join(work, name)
     if name.endswith(".pkl") and path not in paths.values():
@@ -333,9 +431,9 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
     for data in shards(split):
       yield from data["examples"]
 
-  with open(os.path.join(out, "skipped.txt"), "w") as f:
+  with open(os.path.join(out, "skipped.txt"), "w", encoding="utf-8") as f:
     for split, key, reason in skipped_all:
-      f.write(f"{split}\t{key}\t{reason}\n")
+      f.write(f"{split}\t{_escape(key)}\t{_escape(reason)}\n")
   if not sum(counts.values()):
     _print_summary(out, summary, skipped_all)
     print("Nothing to write: every image was skipped.")
@@ -364,8 +462,9 @@ def _print_summary(out: str, summary: dict, skipped) -> None:
   for _, key, reason in skipped:
     by_reason[reason].append(key)
   for reason, keys in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
-    shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
-    print(f"    {len(keys):6d}  {reason}: {shown}")
+    shown = (", ".join(_escape(k) for k in keys[:5])
+             + (" ..." if len(keys) > 5 else ""))
+    print(f"    {len(keys):6d}  {_escape(reason)}: {shown}")
   if skipped:
     print(f"  (all skipped files: {os.path.join(out, 'skipped.txt')})")
   print(f"\nTrain from it: --config.data.source=prepared:{out}")
@@ -392,6 +491,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("workers", 0, "Worker processes (0: this one).")
   flags.DEFINE_integer("quality", 95, "JPEG quality.")
   flags.DEFINE_integer("shard_size", 256, "Records per work shard.")
+  flags.DEFINE_integer("min_size", checks.MIN_IMAGE_SIZE,
+                       "Skip photos whose shorter side is below this (px).")
   flags.DEFINE_bool("overwrite", False,
                     "Rebuild even if a finished dataset exists.")
 
@@ -407,7 +508,8 @@ def main(argv):
       FLAGS.source, FLAGS.out, size=FLAGS.size, align=FLAGS.align,
       face_scale=FLAGS.face_scale, landmarks=FLAGS.landmarks,
       gender=FLAGS.gender, workers=FLAGS.workers, quality=FLAGS.quality,
-      shard_size=FLAGS.shard_size, overwrite=FLAGS.overwrite)
+      shard_size=FLAGS.shard_size, min_size=FLAGS.min_size,
+      overwrite=FLAGS.overwrite)
   if not sum(summary["written"].values()):
     sys.exit(1)
 

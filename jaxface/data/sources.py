@@ -69,8 +69,10 @@ such data once (`jaxface.data.prepare`) at the training size.
 
 import csv
 import hashlib
+import heapq
 import os
 import re
+import stat
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
@@ -158,7 +160,8 @@ def hash_split(name: str, fractions: Sequence[float], seed: int = 0) -> str:
 
   Adding or removing other items never moves this one.
   """
-  digest = hashlib.blake2b(f"{seed}:{name}".encode("utf-8"),
+  # surrogateescape: file names that are not UTF-8 (bytes as listed).
+  digest = hashlib.blake2b(f"{seed}:{name}".encode("utf-8", "surrogateescape"),
                            digest_size=8).digest()
   u = int.from_bytes(digest, "big") / 2.0 ** 64
   edge = 0.0
@@ -303,10 +306,61 @@ class _FileSource:
     """The keys (relative file names) of the records, in order."""
     return [str(f) for f in self._files]
 
+  def key(self, index) -> str:
+    """The key (relative file name) of one record, without reading it."""
+    return str(self._files[_index(index, len(self), self)])
+
   @property
   def genders(self) -> np.ndarray:
     """int8 [N] gender of every record (-1 unknown), without reading images."""
     return self._genders.copy()
+
+  # Content digests of the files read so far in this process, by (path,
+  # size, mtime, ctime, inode): a resume reads each file once.
+  _content_digests: dict[tuple, bytes] = {}
+
+  def input_digest(self, index) -> str:
+    """A short hex digest of what record `index` is made of.
+
+    Covers its key, its labels row (gender, annotated points) and the bytes
+    of its file, so `jaxface.data.prepare` notices an edited labels file or
+    a replaced photo. The file is read in bounded chunks; its digest is
+    cached in this process while its size, times and inode stay the same.
+    A file that cannot be read digests as missing (reading the record then
+    reports it).
+    """
+    i = _index(index, len(self), self)
+    key = str(self._files[i])
+    path = os.path.join(self._dir, *key.split("/"))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(key.encode("utf-8", "surrogateescape") + b"\0")
+    h.update(np.int64(self._genders[i]).tobytes())
+    row = int(self._lm_rows[i])
+    if row >= 0:
+      points = np.ascontiguousarray(self._lm_table[row], "<f4")
+      h.update(repr(points.shape).encode() + points.tobytes())
+    else:
+      h.update(b"no landmarks")
+    try:
+      st = os.stat(path)
+      stamp = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+      content = self._content_digests.get(stamp)
+      if content is None:
+        file_hash = hashlib.blake2b(digest_size=16)
+        f, _ = decode.open_regular_file(path, key)  # never blocks
+        with f:
+          left = decode.MAX_IMAGE_BYTES + 1  # reading reports bigger files
+          while left > 0 and (chunk := f.read(min(1 << 20, left))):
+            file_hash.update(chunk)
+            left -= len(chunk)
+        content = file_hash.digest()
+        if len(self._content_digests) >= 1_000_000:
+          self._content_digests.clear()  # bounded memory
+        self._content_digests[stamp] = content
+      h.update(b"file" + content)
+    except (OSError, decode.CorruptImageError):
+      h.update(b"missing")
+    return h.hexdigest()
 
   def __getitem__(self, index) -> dict[str, Any] | None:
     i = _index(index, len(self), self)
@@ -328,23 +382,199 @@ class _FileSource:
     return record
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
+def list_images(root: str | os.PathLike,
+                unique_content: bool = True) -> list[str]:
   """Image files under `root`, recursively, as sorted "/"-separated paths.
 
   Hidden folders and files (names starting with ".") are left out.
+  Symlinks are followed, to files and to folders, but every real folder is
+  walked once, so symlink loops neither hang nor repeat files, and a file
+  reachable under several paths (symlinks, hard links) is listed once.
+  Which path names it is deterministic: a path through no symlink if there
+  is one (so adding a symlink never renames, or moves between splits, what
+  was there), else the one that sorts first.
+  Entries named like images that are not regular files (FIFOs, sockets,
+  devices, dangling symlinks, folders such as `photo.jpg/`) are left out
+  with one warning each; they are never opened.
+
+  Args:
+    root: the folder.
+    unique_content: also leave out byte-identical copies of a listed file
+      (one warning sums them up). Only files whose sizes collide are read
+      (their content hashed), so this is cheap.
+
+  Returns:
+    The relative paths.
   """
-  root = os.fspath(root)
+  return _list_images(os.fspath(root), unique_content)[0]
+
+
+def _list_images(root: str, unique_content: bool
+                 ) -> tuple[list[str], dict[str, str]]:
+  """`list_images`, and {a path left out as a copy: the path listed}."""
+  found = _walk_images(root)
+  found.sort(key=lambda item: item[:2])  # paths without symlinks first
+  by_inode: dict[tuple[int, int], tuple[str, int]] = {}
+  copies = {}
+  for _, rel, st in found:
+    kept, _ = by_inode.setdefault((st.st_dev, st.st_ino), (rel, st.st_size))
+    if kept != rel:  # the same file again, under another name
+      copies[rel] = kept
+  files_sizes = sorted(by_inode.values())
+  files = [rel for rel, _ in files_sizes]
+  sizes = [size for _, size in files_sizes]
+  _warn_copies(root, copies, "second names of a listed file (symbolic or "
+               "hard links)")
+  if unique_content:
+    identical = _identical_copies(root, files, sizes)
+    _warn_copies(root, identical, "byte-identical copies of a listed file")
+    if identical:
+      files = [f for f in files if f not in identical]
+      copies.update(identical)
+  return files, copies
+
+
+def _warn_copies(root: str, copies: dict[str, str], what: str) -> None:
+  if copies:
+    example = min(copies)
+    decode.warn_once(
+        f"{root}:{what}:{len(copies)}:{example}",
+        f"{root}: left out {len(copies)} file(s) as {what}, e.g. "
+        f"{example!r} (the same as {copies[example]!r}, which is listed); "
+        "each photo is listed, and split, once")
+
+
+def _is_image_name(name: str) -> bool:
+  return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(root: str) -> list[tuple[bool, str, os.stat_result]]:
+  """(through a symlink, relative path, stat) of the regular image files.
+
+  Folders are walked from a heap in the order (through a symlink, relative
+  path): a folder reachable under several paths is walked once, under the
+  first of them in that order, whatever order the file system lists entries
+  in, and a loop ends where it reaches a folder walked already. Only
+  `os.stat` is called on entries (never open): nothing here can block on a
+  FIFO.
+  """
+  st = os.stat(root)
+  walked: dict[tuple[int, int], str] = {}
+  heap = [(False, "", (st.st_dev, st.st_ino))]
   found = []
-  for folder, dirs, names in os.walk(root, followlinks=True):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
-    rel = os.path.relpath(folder, root)
-    prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-    for name in names:
-      if (not name.startswith(".")
-          and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS):
-        found.append(prefix + name)
-  found.sort()
+
+  def skip(rel: str, why: str) -> None:
+    decode.warn_once(f"{root}:list:{rel}", f"{root}: skipping {rel!r}: {why}")
+
+  while heap:
+    linked_dir, rel_dir, ident = heapq.heappop(heap)
+    if ident in walked:
+      skip(rel_dir, f"leads to the folder already listed as "
+           f"{walked[ident] or '.'!r} (a symlink loop or a second name)")
+      continue
+    walked[ident] = rel_dir
+    folder = os.path.join(root, *rel_dir.split("/")) if rel_dir else root
+    try:
+      with os.scandir(folder) as it:
+        entries = list(it)
+    except OSError as e:
+      logging.warning("%s: cannot list folder %r (%s); skipped", root,
+                      rel_dir or ".", e)
+      continue
+    prefix = rel_dir + "/" if rel_dir else ""
+    for entry in entries:
+      if entry.name.startswith("."):
+        continue
+      rel = prefix + entry.name
+      image_name = _is_image_name(entry.name)
+      linked = linked_dir or entry.is_symlink()
+      try:
+        st = entry.stat()  # follows symlinks
+      except OSError as e:
+        if image_name:
+          what = "a dangling symlink" if entry.is_symlink() else "cannot stat"
+          skip(rel, f"{what} ({e.strerror or e})")
+        continue
+      if stat.S_ISDIR(st.st_mode):
+        if image_name:
+          skip(rel, "a folder, not an image file (the images in it are "
+               "listed)")
+        heapq.heappush(heap, (linked, rel, (st.st_dev, st.st_ino)))
+      elif image_name:
+        if stat.S_ISREG(st.st_mode):
+          found.append((linked, rel, st))
+        else:
+          skip(rel, f"{decode.file_kind(st.st_mode)}, not a regular file "
+               "(never opened)")
   return found
+
+
+# Bytes hashed at each end of a file to sort out most files of equal size
+# before hashing them whole.
+_SAMPLE_BYTES = 4096
+
+
+def _identical_copies(root: str, files: Sequence[str],
+                      sizes: Sequence[int]) -> dict[str, str]:
+  """{a file: the first file (in `files` order) of identical content}.
+
+  Only files of a size some other file has are read: first their ends
+  (`_SAMPLE_BYTES` at each), then, where those agree too, the whole file.
+  A file that cannot be read, or is over `decode.MAX_IMAGE_BYTES`, is
+  taken as unique (reading it as an image reports it).
+  """
+  by_size: dict[int, list[int]] = {}
+  for i, size in enumerate(sizes):
+    if size <= decode.MAX_IMAGE_BYTES:
+      by_size.setdefault(size, []).append(i)
+  copies = {}
+  for size, group in by_size.items():
+    if len(group) < 2:
+      continue
+    whole = size <= 2 * _SAMPLE_BYTES  # the ends are the whole file
+    by_sample: dict[bytes, list[int]] = {}
+    for i in group:
+      digest = _content_digest(root, files[i], sample=not whole)
+      if digest is not None:
+        by_sample.setdefault(digest, []).append(i)
+    for same in by_sample.values():
+      if len(same) < 2:
+        continue
+      by_content: dict[bytes, list[int]] = {}
+      for i in same:
+        digest = (b"" if whole
+                  else _content_digest(root, files[i], sample=False))
+        if digest is not None:
+          by_content.setdefault(digest, []).append(i)
+      for equal in by_content.values():
+        for i in equal[1:]:
+          copies[files[i]] = files[equal[0]]
+  return copies
+
+
+def _content_digest(root: str, rel: str, sample: bool) -> bytes | None:
+  """blake2b of a file's bytes (of its two ends when `sample`), or None.
+
+  Reads at most `decode.MAX_IMAGE_BYTES`, through `decode.open_regular_file`
+  (never blocks, refuses anything but a regular file).
+  """
+  path = os.path.join(root, *rel.split("/"))
+  digest = hashlib.blake2b(digest_size=20)
+  try:
+    f, st = decode.open_regular_file(path)
+    with f:
+      if sample:
+        digest.update(f.read(_SAMPLE_BYTES))
+        f.seek(max(_SAMPLE_BYTES, st.st_size - _SAMPLE_BYTES))
+        digest.update(f.read(_SAMPLE_BYTES))
+      else:
+        left = decode.MAX_IMAGE_BYTES
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+          digest.update(chunk)
+          left -= len(chunk)
+  except (decode.CorruptImageError, OSError):
+    return None
+  return digest.digest()
 
 
 def _parse_float(text: str, where: str) -> float:
@@ -394,8 +624,15 @@ class ImageFolder(_FileSource):
   """Images in a folder tree, with an optional CSV of labels.
 
   Files: every .jpg/.jpeg/.png/.bmp/.webp (any case) under `root`, sorted by
-  relative path. The split of a file is decided by a hash of its relative
-  path, so adding files never moves the others between splits.
+  relative path (`list_images`). The split of a file is decided by a hash of
+  its relative path, so adding files never moves the others between splits.
+  Each photo is in exactly one split: symlinks are followed but a folder is
+  walked once (symlink loops are cut), a file reachable under several paths
+  (links) is listed once, and of byte-identical copies under different
+  names only the one whose path sorts first is kept (the others are left
+  out with one warning), so the split is decided on that one path. Entries
+  named like images that are not regular files (FIFOs, devices, dangling
+  symlinks, folders) are left out with a warning, never opened.
 
   Labels (a CSV with a header row; column names are case-insensitive):
     file       the image, a path relative to `root` or a bare file name
@@ -406,8 +643,9 @@ class ImageFolder(_FileSource):
                for N = 98 (WFLW order), 68 (iBUG 300-W) or 5 (CelebA order)
                in pixels of the image as shown (EXIF orientation applied),
                integer-centred; empty cells for unknown; optional
-  Other columns are ignored. A row whose file is not in the tree is skipped
-  with a warning; files without a row have unknown gender and landmarks.
+  Other columns are ignored. A row whose file is not in the tree, or is a
+  copy left out (see Files), is skipped with a warning; files without a row
+  have unknown gender and landmarks.
   """
 
   def __init__(self, root: str | os.PathLike,
@@ -441,7 +679,7 @@ class ImageFolder(_FileSource):
     self.landmark_converter = landmark_converter
     self.draft_size = draft_size
     self._dir = self.root
-    files = list_images(self.root)
+    files, copies = _list_images(self.root, unique_content=True)
     if labels is None:
       auto = os.path.join(self.root, "labels.csv")
       labels = auto if os.path.isfile(auto) else False
@@ -450,7 +688,7 @@ class ImageFolder(_FileSource):
     lm_rows = np.full(len(files), -1, np.int32)
     self._lm_table = np.zeros((0, 0, 2), np.float32)
     if self.labels is not None:
-      self._read_labels(files, genders, lm_rows)
+      self._read_labels(files, genders, lm_rows, copies)
     if self.split == ALL:
       keep = np.arange(len(files))
     else:
@@ -463,8 +701,12 @@ class ImageFolder(_FileSource):
     return hash_split(rel, self.splits, self.seed)
 
   def _read_labels(self, files: list[str], genders: np.ndarray,
-                   lm_rows: np.ndarray) -> None:
-    """Fills `genders`, `lm_rows` and `_lm_table` from the CSV."""
+                   lm_rows: np.ndarray, copies: dict[str, str]) -> None:
+    """Fills `genders`, `lm_rows` and `_lm_table` from the CSV.
+
+    `copies`: {a path left out as a copy: the path listed}, so that a row
+    naming a left-out copy says so rather than "no such file".
+    """
     path = self.labels
     if not os.path.isfile(path):
       raise FileNotFoundError(f"labels file {path} does not exist")
@@ -473,6 +715,7 @@ class ImageFolder(_FileSource):
     for i, f in enumerate(files):
       name = f.rsplit("/", 1)[-1]
       by_name[name] = -1 if name in by_name else i  # -1: ambiguous
+    copy_names = set(copies) | {c.rsplit("/", 1)[-1] for c in copies}
     with open(path, newline="", encoding="utf-8-sig") as f:
       reader = csv.reader(f)
       header = next(reader, None)
@@ -486,7 +729,7 @@ class ImageFolder(_FileSource):
                  for x, y in _landmark_columns(fields, path)]
       self._lm_count = len(lm_cols)
       table = []
-      missing, ambiguous = [], []
+      missing, ambiguous, copied = [], [], []
       for line, row in enumerate(reader, start=2):
         if not row or not any(cell.strip() for cell in row):
           continue
@@ -503,7 +746,7 @@ class ImageFolder(_FileSource):
             ambiguous.append(name)
             continue
         if i is None:
-          missing.append(name)
+          (copied if name in copy_names else missing).append(name)
           continue
         if "gender" in col:
           genders[i] = parse_gender(row[col["gender"]], where)
@@ -520,7 +763,9 @@ class ImageFolder(_FileSource):
       self._lm_table = np.zeros((0, len(lm_cols), 2), np.float32)
     for kind, names in (("no such file under " + self.root, missing),
                         ("file name matches several files; give the "
-                         "relative path", ambiguous)):
+                         "relative path", ambiguous),
+                        ("a copy of a file listed under another name; "
+                         "label that name", copied)):
       if names:
         shown = ", ".join(names[:10])
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
@@ -560,7 +805,7 @@ class FFHQ(ImageFolder):
         break
     if splits is None:
       numbers = []
-      for rel in list_images(root):
+      for rel in list_images(root, unique_content=False):  # names only
         stem = os.path.splitext(rel.rsplit("/", 1)[-1])[0]
         if not stem.isdigit():
           numbers = []
@@ -872,6 +1117,15 @@ class Procedural:
   def __repr__(self) -> str:
     return (f"Procedural(split={self.split!r}, {len(self)} records, "
             f"{self.faces!r})")
+
+  def input_digest(self, index) -> str:
+    """A short hex digest of what record `index` is made of.
+
+    The drawing is deterministic: the parameters and the index are all.
+    """
+    i = _index(index, len(self), self)
+    return hashlib.blake2b(f"{self!r}:{i}".encode(),
+                           digest_size=16).hexdigest()
 
 
 # ---------------------------------------------------------------------------

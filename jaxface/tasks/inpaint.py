@@ -65,6 +65,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.data.image_size % 4 == 0, "data.image_size",
         config.data.image_size,
         "a multiple of 4 (the generator downsamples twice)")
+  # The discriminator's patch map is image_size / 8 - 2 wide.
+  check(config.data.image_size >= 24, "data.image_size",
+        config.data.image_size,
+        ">= 24 (the discriminator needs 24 px for one 1x1 patch)")
   check(config.model.attention_impl in ("auto", "xla", "cudnn"),
         "model.attention_impl", config.model.attention_impl,
         "auto | xla | cudnn")

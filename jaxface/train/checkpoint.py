@@ -9,9 +9,14 @@ memory before `save` returns, so the next step may donate them).
 On start, `restore_latest` takes the newest checkpoint that restores: one
 that cannot (missing or truncated files, unreadable metadata, a stray
 folder) is reported by step, moved aside to `checkpoints.damaged/`, and the
-previous one is tried. A checkpoint whose arrays do not match the config's
+previous one is tried. Every saved array carries a checksum (`checksums`,
+computed on the devices), verified after restoring: altered bytes that still
+decode are damage too. A checkpoint whose arrays do not match the config's
 state (other shapes or keys) is not damaged but foreign: it is refused
 (`CheckpointMismatchError`) before anything is written.
+
+Retention: the newest `max_to_keep` checkpoints, plus every step that is a
+multiple of `keep_every` (when set) for good.
 
 `WorkdirLock` keeps two runs out of one workdir.
 """
@@ -27,9 +32,11 @@ from typing import Any, Callable
 from absl import logging
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
-STATE, DATA = "state", "data"
+STATE, DATA, CHECKSUMS = "state", "data", "checksums"
 LOCK_FILE = "lock"
 DAMAGED_DIR = "checkpoints.damaged"
 
@@ -42,24 +49,83 @@ class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir."""
 
 
-def make_manager(workdir: str, *, max_to_keep: int,
+class ChecksumError(ValueError):
+  """Restored arrays differ from what was saved."""
+
+
+def make_manager(workdir: str, *, max_to_keep: int, keep_every: int = 0,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
-  """A manager over `<workdir>/checkpoints`; saving cadence is the caller's."""
+  """A manager over `<workdir>/checkpoints`; saving cadence is the caller's.
+
+  Keeps the newest `max_to_keep` checkpoints and, when `keep_every` > 0,
+  every step that is a multiple of it.
+  """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True,
+      max_to_keep=max_to_keep, keep_period=keep_every or None, create=True,
       enable_async_checkpointing=asynchronous)
   # Handlers named up front, so that a new manager (a restarted run) can read
   # a checkpoint's metadata before restoring it.
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
       item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                     DATA: grain.checkpoint.CheckpointHandler()})
+                     DATA: grain.checkpoint.CheckpointHandler(),
+                     CHECKSUMS: ocp.JsonCheckpointHandler()})
+
+
+# ------------------------------------------------------------------ checksums
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of an array as a flat uint32 vector (any dtype)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  bits = x.dtype.itemsize * 8
+  unsigned = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint32}
+  words = jax.lax.bitcast_convert_type(x, unsigned[bits])
+  return words.astype(jnp.uint32).reshape(-1)
+
+
+def _mix(w: jax.Array, i: jax.Array, seed: int) -> jax.Array:
+  """A bijection of each word, different at every position (murmur3's
+  finaliser applied to word ^ position hash)."""
+  h = w ^ ((i + np.uint32(seed)) * np.uint32(0x9E3779B9))
+  h = (h ^ (h >> 16)) * np.uint32(0x85EBCA6B)
+  h = (h ^ (h >> 13)) * np.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+  """Two 32-bit sums of position-mixed words: uint32 [2].
+
+  The mix is a bijection of each word, so changing any one word changes
+  both sums; it depends on the position, so swapped words show too.
+  Computed where the arrays live (sums of sharded arrays reduce across
+  devices), so saving copies nothing extra to the host.
+  """
+  w = _words(x)
+  i = jnp.arange(w.size, dtype=jnp.uint32)
+  return jnp.stack([jnp.sum(_mix(w, i, seed), dtype=jnp.uint32)
+                    for seed in (0x243F6A88, 0x13198A2E)])
+
+
+@jax.jit
+def _checksums(state: Any) -> Any:
+  return jax.tree.map(_checksum, state)
+
+
+def checksums(state: Any) -> dict[str, str]:
+  """{"a/b/c": 16 hex digits} for every array of `state`."""
+  sums = jax.device_get(_checksums(state))
+  flat = jax.tree_util.tree_flatten_with_path(sums)[0]
+  return {"/".join(_key_name(k) for k in path): f"{int(s[0]):08x}{int(s[1]):08x}"
+          for path, s in flat}
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iterator: grain.DatasetIterator | None) -> None:
-  """Saves state (+ iterator position) as `step`, unconditionally."""
-  items = {STATE: ocp.args.StandardSave(state)}
+  """Saves state, its checksums (+ iterator position) as `step`."""
+  items = {STATE: ocp.args.StandardSave(state),
+           CHECKSUMS: ocp.args.JsonSave(checksums(state))}
   if data_iterator is not None:
     items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
   manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -70,12 +136,31 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   """Restores `step` into arrays shaped and sharded like `abstract_state`.
 
   The iterator, when given, is moved to the saved position in place.
+
+  Raises:
+    ChecksumError: a restored array differs from the one saved.
   """
   items = {STATE: ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+  has_sums = os.path.isdir(os.path.join(os.fspath(manager.directory),
+                                        str(step), CHECKSUMS))
+  if has_sums:
+    items[CHECKSUMS] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return restored[STATE]
+  state = restored[STATE]
+  if not has_sums:
+    logging.warning("The checkpoint of step %d has no checksums (saved by an "
+                    "older jaxface); its arrays are not verified.", step)
+    return state
+  saved, now = restored[CHECKSUMS], checksums(state)
+  changed = sorted(k for k in set(saved) | set(now)
+                   if saved.get(k) != now.get(k))
+  if changed:
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    raise ChecksumError(f"arrays differ from their checksums: "
+                        f"{', '.join(changed[:3])}{more}")
+  return state
 
 
 def abstract_like(state_shapes: Any, shardings: Any) -> Any:

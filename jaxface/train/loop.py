@@ -10,6 +10,11 @@ latest checkpoint in the workdir, TensorBoard scalars and image grids,
 console progress with rate and ETA, periodic evaluation, checkpoints on an
 interval and on SIGTERM, and an abort that names the step when a loss turns
 NaN/Inf.
+
+A run stopped by SIGTERM or SIGINT saves a checkpoint and raises
+`Preempted`; `jaxface.main` turns it into exit status `EXIT_PREEMPTED` (75,
+EX_TEMPFAIL: "try again"), which a scheduler tells apart from 0 (finished)
+and 1 (failed): rerunning the same command resumes.
 """
 
 import dataclasses
@@ -40,8 +45,22 @@ from jaxface.train import writers
 _STEP_STREAM = 0x57E9
 
 
+# Exit status of a run stopped by a signal after saving (sysexits.h
+# EX_TEMPFAIL): rerun the same command to resume.
+EXIT_PREEMPTED = 75
+
+
 class NonFiniteLossError(FloatingPointError):
   """A loss or gradient norm became NaN/Inf."""
+
+
+class Preempted(Exception):
+  """The run was stopped by a signal after saving the checkpoint of `step`."""
+
+  def __init__(self, step: int, signal_name: str):
+    super().__init__(f"{signal_name} received: checkpoint of step {step} "
+                     "saved; run the same command again to resume.")
+    self.step, self.signal_name = step, signal_name
 
 
 class PreemptionWatcher:
@@ -263,6 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns:
     The final train state.
+
+  Raises:
+    Preempted: stopped by SIGTERM/SIGINT (or a preemption notice) after
+      saving a checkpoint.
   """
   setup = build(config, devices)
   os.makedirs(workdir, exist_ok=True)
@@ -331,7 +354,8 @@ def _train(setup: Setup, workdir: str) -> Any:
         agree=_agree_min)
 
   # ----------------------------------------------------------------- state
-  manager = checkpoint.make_manager(workdir, max_to_keep=tc.max_to_keep)
+  manager = checkpoint.make_manager(workdir, max_to_keep=tc.max_to_keep,
+                                    keep_every=tc.keep_every)
   state, latest, train_iter = checkpoint.restore_latest(
       manager, setup.abstract_state, make_train_iter,
       describe_mismatch=_describe_mismatch(workdir, config))
@@ -410,18 +434,19 @@ def _train(setup: Setup, workdir: str) -> Any:
         scalars = _mean_metrics(pending)
         pending = []
         scalars.update({f"time/{k}": v for k, v in timer.fractions().items()})
+        scalars["data/skipped"] = getattr(train_iter, "skipped", 0)
         writer.write_scalars(step, {f"train/{k}": v
                                     for k, v in scalars.items()})
-        logging.info("%s", _console_line(progress.format(step), scalars,
-                                         task.console_metrics))
+        line = _console_line(progress.format(step), scalars,
+                             task.console_metrics)
+        if scalars["data/skipped"]:
+          line += f" | {scalars['data/skipped']} records skipped"
+        logging.info("%s", line)
       if step % tc.checkpoint_every == 0 or last or preempted:
         guard.check(manager)
         with timer.timed("checkpoint"):
           checkpoint.save(manager, step, state, train_iter)
       if preempted:
-        logging.warning(
-            "%s received: checkpoint of step %d saved; run the same command "
-            "again to resume.", watcher.signal_name or "Preemption", step)
         break
       if tc.image_every and (step % tc.image_every == 0 or last):
         write_samples(step)
@@ -433,6 +458,7 @@ def _train(setup: Setup, workdir: str) -> Any:
     writer.flush()
     if hasattr(train_iter, "close"):
       train_iter.close()  # stops grain worker processes
-  if not preempted:
-    logging.info("Done: %d steps in %s.", step, workdir)
+  if preempted:
+    raise Preempted(step, watcher.signal_name or "Preemption")
+  logging.info("Done: %d steps in %s.", step, workdir)
   return state

@@ -5,12 +5,20 @@ Keys are the tree paths joined with '/', e.g. `conv1_1/kernel`. Dtypes that
 unsigned integers of the same width and restored from a small index stored
 under `__dtypes__`. Writes are atomic: a temporary file in the same folder is
 renamed over the target, so a crash never leaves a half-written file.
+
+Reading treats the file as untrusted, bounded data: each member's `.npy`
+header is checked against the member's size (and that against the archive)
+before its array is allocated, object arrays are refused, and every problem
+is an `NpzError` naming the file and the array.
 """
 
 import json
+import math
 import os
 import tempfile
 from typing import Any, Mapping
+import zipfile
+import zlib
 
 from flax import traverse_util
 import jax
@@ -19,11 +27,33 @@ import numpy as np
 
 _SEP = '/'
 _DTYPES_KEY = '__dtypes__'
+# Deflate cannot expand data more than ~1032 times; a member claiming more is
+# a bomb (bz2/lzma can) or a lying zip directory.
+_MAX_COMPRESSION_RATIO = 1100
+# Errors that a damaged archive or `.npy` header raise while being read.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
+                TypeError, OverflowError, NotImplementedError, KeyError,
+                RuntimeError)
+
+
+class NpzError(ValueError):
+  """An `.npz` file is corrupt, truncated or holds what we refuse to load."""
 
 
 def _is_ml_dtype(dtype: np.dtype) -> bool:
   """True for the `ml_dtypes` extension types that `.npy` cannot describe."""
   return dtype.type.__module__.startswith('ml_dtypes')
+
+
+def _ml_dtype(name: Any) -> np.dtype | None:
+  """The `ml_dtypes` dtype called `name`, None if there is no such dtype."""
+  if not isinstance(name, str):
+    return None
+  scalar_type = getattr(ml_dtypes, name, None)
+  if not isinstance(scalar_type, type):
+    return None
+  dtype = np.dtype(scalar_type)  # `object` for a class that is no dtype.
+  return dtype if _is_ml_dtype(dtype) else None
 
 
 def save_npz(path: str | os.PathLike[str], params: Mapping[str, Any]) -> None:
@@ -72,6 +102,71 @@ def save_npz(path: str | os.PathLike[str], params: Mapping[str, Any]) -> None:
     raise
 
 
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo,
+                 where: str) -> np.ndarray:
+  """Reads one `.npy` member after checking its header against its size."""
+  with zf.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+      shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+      raise NpzError(f'{where}: unsupported .npy format version {version}')
+    body = info.file_size - f.tell()
+  if dtype.hasobject:
+    # Object arrays are pickles: refused whatever the header says.
+    raise NpzError(f'{where}: object arrays are refused')
+  if any(n < 0 for n in shape):
+    raise NpzError(f'{where}: negative shape {shape}')
+  nbytes = math.prod(shape) * dtype.itemsize
+  if nbytes != body:
+    raise NpzError(
+        f'{where}: header declares shape {shape} of {dtype} ({nbytes} bytes) '
+        f'but the member holds {body} bytes of data')
+  # Allocates no more than the member's checked size.
+  with zf.open(info) as f:
+    return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+  """All arrays of the archive, each checked before it is allocated."""
+  archive_size = os.path.getsize(path)
+  try:
+    zf = zipfile.ZipFile(path)
+  except _READ_ERRORS as e:
+    raise NpzError(
+        f'{path}: not a readable .npz archive (corrupt or truncated: {e})'
+    ) from e
+  flat: dict[str, np.ndarray] = {}
+  compressed = 0
+  with zf:
+    for info in zf.infolist():
+      name = info.filename
+      if not name.endswith('.npy'):
+        raise NpzError(f'{path}: member {name!r} is not an .npy array')
+      key = name[:-len('.npy')]
+      where = f'{path}: array {key!r}'
+      if key in flat:
+        raise NpzError(f'{where} appears twice')
+      # The directory is untrusted: sizes must be possible in this file, and
+      # members may not overlap (their compressed bytes add up to the file).
+      compressed += info.compress_size
+      if (info.compress_size > archive_size or compressed > archive_size or
+          info.file_size > _MAX_COMPRESSION_RATIO * info.compress_size):
+        raise NpzError(
+            f'{where}: member claims {info.file_size} bytes from '
+            f'{info.compress_size} compressed ones in a {archive_size}-byte '
+            'file (a zip bomb or a corrupt directory)')
+      try:
+        flat[key] = _read_member(zf, info, where)
+      except NpzError:
+        raise
+      except _READ_ERRORS as e:
+        raise NpzError(f'{where}: corrupt or truncated ({e})') from e
+  return flat
+
+
 def load_npz(path: str | os.PathLike[str]) -> dict[str, Any]:
   """Reads a file written by `save_npz` back into a nested dict of arrays.
 
@@ -83,20 +178,27 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: `path` does not exist.
+    NpzError: (a ValueError) the file is corrupt or truncated, declares more
+      data than it holds, or holds object arrays; the message names the file
+      and, where one is at fault, the array.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'npz file not found: {path}')
-  with np.load(path, allow_pickle=False) as data:
-    flat = {key: data[key] for key in data.files}
+  flat = _read_arrays(path)
   special = {}
   if _DTYPES_KEY in flat:
-    special = json.loads(str(flat.pop(_DTYPES_KEY)))
+    try:
+      special = json.loads(str(flat.pop(_DTYPES_KEY)))
+    except ValueError as e:
+      raise NpzError(f'{path}: array {_DTYPES_KEY!r} is not JSON ({e})') from e
+    if not isinstance(special, dict):
+      raise NpzError(f'{path}: array {_DTYPES_KEY!r} is not a JSON object')
   for key, name in special.items():
-    dtype = getattr(ml_dtypes, name, None)
-    if (key not in flat or not isinstance(dtype, type) or
-        not _is_ml_dtype(np.dtype(dtype))):
-      raise ValueError(f'{path}: bad dtype entry {key!r}: {name!r}')
-    flat[key] = flat[key].view(np.dtype(dtype))
+    dtype = _ml_dtype(name)
+    if (key not in flat or dtype is None or
+        flat[key].dtype.itemsize != dtype.itemsize):
+      raise NpzError(f'{path}: bad dtype entry {key!r}: {name!r}')
+    flat[key] = flat[key].view(dtype)
   return traverse_util.unflatten_dict(
       {tuple(key.split(_SEP)): value for key, value in flat.items()})

@@ -302,3 +302,111 @@ def test_faces_carry_the_mask_style(tmp_path):
   names = {schema.MASK_STYLES[i] for i in batch[schema.MASK_STYLE]}
   assert names <= set(procedural.MASK_STYLES)
   assert len(names) > 1
+
+
+def _damage_labels(root: pathlib.Path) -> None:
+  """Off-scale landmarks for 001.jpg, all points at one spot for 002.jpg."""
+  rows = list(csv.reader(open(root / "labels.csv")))
+  for row in rows[1:]:
+    if row[0] == "001.jpg":
+      row[2:] = [f"{10 * float(v):.3f}" for v in row[2:]]
+    if row[0] == "002.jpg":
+      row[2:] = ["40.0"] * len(row[2:])
+  with open(root / "labels.csv", "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+
+
+def _fails_on_004(face, rng, augment):
+  if face.key == "004.jpg":
+    raise ValueError("cannot augment this one")
+  return _everything(face, rng, augment)
+
+
+FAILS_ON_004 = examples.ExampleSpec(keys=schema.KEYS, make=_fails_on_004)
+
+
+def test_bad_records_are_replaced_counted_and_named(tmp_path, caplog):
+  source = make_folder(tmp_path, n=16, corrupt=True)
+  _damage_labels(tmp_path)
+  c = config_for(source, batch=4)
+  with caplog.at_level(logging.WARNING):
+    it = train_batches(FAILS_ON_004, c)
+    batches = [next(it) for _ in range(6)]  # 24 of the 13 good faces
+  assert all(b[schema.IMAGE].shape[0] == 4 for b in batches)
+  for name, reason in [("broken.jpg", "unreadable image"),
+                       ("001.jpg", "landmarks far outside the image"),
+                       ("002.jpg", "too small a face"),
+                       ("004.jpg", "ValueError: cannot augment this one")]:
+    assert f"{name}: " in caplog.text and reason in caplog.text, name
+  # Each bad record is skipped once per epoch: all of the first epoch's,
+  # some of the second's.
+  assert 4 < it.skipped <= 8
+  # The count is part of the iterator state: a restart continues it, and
+  # with exactly the same batches.
+  state = it.get_state()
+  expected = [next(it) for _ in range(4)]
+  again = train_batches(FAILS_ON_004, c)
+  again.set_state(state)
+  assert again.skipped == state["skipped"]
+  for want in expected:
+    got = next(again)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  assert again.skipped == it.skipped
+
+
+def test_a_mask_that_covers_nothing_is_skipped(tmp_path):
+  c = config_for(make_folder(tmp_path, n=4), batch=2)
+  source = pipeline.open_split(c.data, "train")
+  maker = pipeline.ExampleMaker(EVERYTHING, c.data, source, seed=0,
+                                augment=False)
+  assert pipeline.SKIPPED not in maker(0, 0)
+
+  class Nothing:  # a renderer whose mask misses the face entirely
+    def __call__(self, image, landmarks, rng):
+      del landmarks, rng
+      return facemask.RenderedMask(masked_image=image,
+                                   mask=np.zeros(image.shape[:2], np.uint8),
+                                   style=0)
+
+  maker.renderer = Nothing()
+  marker = maker(0, 0)
+  assert marker == {pipeline.SKIPPED: "000.jpg: the face mask covers nothing "
+                                      "(is the face in the image?)"}
+
+
+def test_a_run_of_skipped_records_stops_with_the_reason(tmp_path):
+  source = make_folder(tmp_path, n=8)
+  rows = list(csv.reader(open(tmp_path / "labels.csv")))
+  with open(tmp_path / "labels.csv", "w", newline="") as f:
+    csv.writer(f).writerows([rows[0]] + [r[:2] + ["40"] * 196
+                                         for r in rows[1:]])
+  c = config_for(source, batch=4)
+  with pytest.raises(RuntimeError, match="records in a row yielded no "
+                     "example; the last: 00.\\.jpg: landmarks span"):
+    next(train_batches(INPAINT, c))
+
+
+def test_training_over_bad_records_resumes_bit_exact(tmp_path, caplog):
+  import jax  # pylint: disable=g-import-not-at-top
+  import toy_task as toy  # pylint: disable=g-import-not-at-top
+  from jaxface.train import loop  # pylint: disable=g-import-not-at-top
+  (tmp_path / "faces").mkdir()
+  source = make_folder(tmp_path / "faces", n=16, corrupt=True)
+  _damage_labels(tmp_path / "faces")
+
+  def config(num_steps):
+    c = toy.toy_config(num_steps=num_steps, checkpoint_every=2,
+                       batch_size=4, log_every=1)
+    c.data.source = source
+    return c
+
+  with caplog.at_level(logging.INFO):
+    straight = loop.train_and_evaluate(config(8), str(tmp_path / "straight"))
+  # (Which files: warned once per process, see the test above.)
+  assert "records skipped" in caplog.text
+  loop.train_and_evaluate(config(4), str(tmp_path / "resumed"))
+  resumed = loop.train_and_evaluate(config(8), str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight)),
+                  jax.tree.leaves(jax.device_get(resumed))):
+    np.testing.assert_array_equal(a, b)

@@ -197,8 +197,12 @@ def test_resume_after_the_folder_changed_redoes_moved_shards(tmp_path,
               lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
       prepare.prepare(spec, str(out), size=64, shard_size=4)
-  # A new file sorts first: every index range now names other files.
-  (src / "000a.png").write_bytes((src / "000.png").read_bytes())
+  # A new file sorts first: every index range now names other files. (Not
+  # a byte-identical copy: the folder would list that once.)
+  image = procedural.ProceduralFaces(size=96, num_records=10, seed=7)[0][
+      "image"].copy()
+  image[0, 0] ^= 1
+  (src / "000a.png").write_bytes(masked_faces.encode_image(image, "png"))
   rows = list(csv.reader(open(src / "labels.csv")))
   rows.append(["000a.png"] + rows[1][1:])
   with open(src / "labels.csv", "w", newline="") as f:
@@ -221,3 +225,266 @@ def test_finished_dataset_with_other_settings_is_not_reused(tmp_path):
   assert sources.Prepared(str(tmp_path / "out"), split="train")[0][
       "image"].shape == (96, 96, 3)
   assert summary["written"] == {"train": 3}
+
+
+# ------------------------------------------------- records that are no face
+def read_labels(src: pathlib.Path) -> list[list[str]]:
+  with open(src / "labels.csv", newline="") as f:
+    return list(csv.reader(f))
+
+
+def write_labels(src: pathlib.Path, rows: list[list[str]]) -> None:
+  with open(src / "labels.csv", "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+
+
+def add_image(src: pathlib.Path, name: str, image: np.ndarray,
+              landmarks: np.ndarray | None, gender: str = "female") -> None:
+  """Writes `image` as PNG under `name` and appends its labels row."""
+  (src / name).write_bytes(masked_faces.encode_image(image, "png"))
+  rows = read_labels(src)
+  row = [name, gender]
+  if landmarks is not None:
+    row += [f"{v:.4f}" for v in np.asarray(landmarks).reshape(-1)]
+  else:
+    row += [""] * 196
+  write_labels(src, rows + [row])
+
+
+def read_skipped(out: pathlib.Path) -> list[list[str]]:
+  lines = (out / "skipped.txt").read_text(encoding="utf-8").splitlines()
+  return [line.split("\t") for line in lines]
+
+
+def test_implausible_records_are_rejected_with_their_reason(tmp_path,
+                                                            capsys):
+  src = make_folder(tmp_path / "faces", n=6)
+  faces = procedural.ProceduralFaces(size=96, num_records=10, seed=7)
+  rows = read_labels(src)
+  by_name = {row[0]: row for row in rows[1:]}
+  # Off by a scale factor: far outside the 96-pixel image.
+  by_name["001.png"][2:] = [f"{v * 10:.4f}"
+                            for v in faces[1]["landmarks"].reshape(-1)]
+  # All 98 points at one spot.
+  by_name["002.png"][2:] = ["48.0"] * 196
+  # NaN.
+  by_name["003.png"][2:] = ["nan"] * 196
+  write_labels(src, rows)
+  # A thumbnail below the minimum size, with plausible landmarks.
+  small = faces[4]["image"][::4, ::4]
+  add_image(src, "small.png", small, (faces[4]["landmarks"] + 0.5) / 4 - 0.5)
+  # A wide photo with the face at its left: fine in the photo, but the
+  # centred square crop leaves the face out.
+  wide = np.full((96, 400, 3), 128, np.uint8)
+  wide[:, :96] = faces[5]["image"]
+  add_image(src, "wide.png", wide, faces[5]["landmarks"])
+
+  out = tmp_path / "out"
+  summary = prepare.prepare(f"folder:{src},splits=1/0/0", str(out), size=64)
+  text = capsys.readouterr().out
+  assert summary["written"] == {"train": 3}  # 000, 004, 005
+  written = sources.Prepared(str(out), split="train")
+  assert sorted(written[i]["key"] for i in range(3)) == [
+      "000.png", "004.png", "005.png"]
+  skipped = read_skipped(out)
+  assert summary["skipped"] == len(skipped) == 6
+  reasons = {key: reason for _, key, reason in skipped}
+  assert len(reasons) == 6  # each reported once
+  assert "far outside the image" in reasons["001.png"]
+  assert "too small a face" in reasons["002.png"]
+  assert "no landmarks" in reasons["003.png"]
+  assert "image too small" in reasons["small.png"]
+  assert reasons["wide.png"].startswith("in the 64x64 crop: landmarks far "
+                                        "outside")
+  assert "unreadable" in reasons["broken.jpg"]
+  for name in reasons:
+    assert name in text
+
+  # --min_size lets the thumbnail through, and is one of the settings.
+  out2 = tmp_path / "out2"
+  summary = prepare.prepare(f"folder:{src},splits=1/0/0", str(out2), size=64,
+                            min_size=16)
+  assert summary["written"] == {"train": 4}
+  assert "small.png" not in (out2 / "skipped.txt").read_text()
+  params = masked_faces.read_info(out2)["metadata"]["params"]
+  assert params["min_size"] == 16
+
+
+class NaNTeacher:
+  """A landmark teacher that 'finds' a face with NaN points."""
+  name = "nan-teacher"
+
+  def __call__(self, image):
+    return teachers.LandmarkResult(np.full((98, 2), np.nan, np.float32),
+                                   np.zeros(98, bool), 0.9)
+
+
+def test_teacher_landmarks_are_checked_too(tmp_path, monkeypatch):
+  src = make_folder(tmp_path / "faces", n=3, landmarks=False)
+  monkeypatch.setattr(teachers, "make_landmark_teacher",
+                      lambda spec: NaNTeacher())
+  summary = prepare.prepare(f"folder:{src},splits=1/0/0",
+                            str(tmp_path / "out"), size=64,
+                            landmarks="nan:unused")
+  assert summary["written"] == {}
+  assert summary["skipped_by_reason"][
+      "98 landmarks are not finite (NaN or Inf)"] == 3
+
+
+def test_skipped_names_stay_one_line_each(tmp_path, capsys):
+  src = make_folder(tmp_path / "faces", n=3)
+  odd = ["bad\tna\nme.jpg", "carriage\rreturn.jpg", "back\\slash.jpg"]
+  for k, name in enumerate(odd):  # corrupt, each its own bytes
+    (src / name).write_bytes(b"\xff\xd8\xff\xe0garbage" + bytes([k]))
+  faces = procedural.ProceduralFaces(size=96, num_records=10, seed=7)
+  # A readable photo, named through the labels file, whose landmarks fail.
+  add_image(src, "tab\tand\nnewline.png", 255 - faces[1]["image"],
+            faces[1]["landmarks"] * 10)
+  out = tmp_path / "out"
+  summary = prepare.prepare(f"folder:{src},splits=1/0/0", str(out), size=64)
+  text = capsys.readouterr().out
+  assert summary["written"] == {"train": 3}
+  skipped = read_skipped(out)
+  assert summary["skipped"] == len(skipped) == 5
+  assert all(len(fields) == 3 for fields in skipped)
+  escaped = {"bad\\tna\\nme.jpg", "carriage\\rreturn.jpg",
+             "back\\\\slash.jpg", "tab\\tand\\nnewline.png", "broken.jpg"}
+  assert {key for _, key, _ in skipped} == escaped
+  # The summary: each name on the line of its reason, none split.
+  assert "\r" not in text and "\t" not in text
+  for name in escaped:
+    assert name in text
+  lines = text.splitlines()
+  assert not any(line.startswith(("me.jpg", "return.jpg", "newline.png"))
+                 for line in lines)
+
+
+def test_escaping_of_undecodable_names(tmp_path, capsys):
+  # A file name that is no UTF-8 reads as surrogate escapes.
+  name = b"caf\xe9\tx.jpg".decode("utf-8", "surrogateescape")
+  assert prepare._escape(name) == "caf\\udce9\\tx.jpg"
+  assert prepare._escape("café é\\") == "café é\\\\"
+  summary = {"written": {}, "genders": {}, "landmark_sources": {},
+             "landmark_coverage": 0.0, "skipped": 1}
+  prepare._print_summary(str(tmp_path), summary,
+                         [("train", name, "bad\nreason")])
+  text = capsys.readouterr().out
+  assert "1  bad\\nreason: caf\\udce9\\tx.jpg\n" in text
+
+
+# ----------------------------------------------- resume keyed on the inputs
+def interrupt_after_first_shard(monkeypatch, spec: str, out: pathlib.Path,
+                                **kwargs) -> None:
+  """Runs `prepare` until it has saved one shard, then kills it."""
+  save = prepare._save_shard
+  saved = []
+
+  def save_once_then_die(*args, **kw):
+    if saved:
+      raise KeyboardInterrupt
+    saved.append(args[0])
+    save(*args, **kw)
+
+  with monkeypatch.context() as m:
+    m.setattr(prepare, "_save_shard", save_once_then_die)
+    with pytest.raises(KeyboardInterrupt):
+      prepare.prepare(spec, str(out), **kwargs)
+  assert len(list((out / "_work").glob("*.pkl"))) == 1
+
+
+def count_shard_work(monkeypatch) -> list[tuple[str, int]]:
+  """(split, shard) of every `_work_shard` run from now on."""
+  ran = []
+  work = prepare._work_shard
+
+  def counted(job):
+    ran.append((job[1], job[2]))
+    return work(job)
+
+  monkeypatch.setattr(prepare, "_work_shard", counted)
+  return ran
+
+
+def by_key(out: pathlib.Path) -> dict[str, dict]:
+  ds = sources.Prepared(str(out), split="train")
+  return {ds[i]["key"]: ds[i] for i in range(len(ds))}
+
+
+def test_resume_with_unchanged_inputs_reuses_finished_shards(tmp_path,
+                                                             monkeypatch,
+                                                             capsys):
+  src = make_folder(tmp_path / "faces", n=9)
+  out = tmp_path / "out"
+  spec = f"folder:{src},splits=1/0/0"
+  interrupt_after_first_shard(monkeypatch, spec, out, size=64, shard_size=3)
+  ran = count_shard_work(monkeypatch)
+  capsys.readouterr()
+  summary = prepare.prepare(spec, str(out), size=64, shard_size=3)
+  assert "3 already done, 7 to prepare" in capsys.readouterr().out
+  # 10 records (9 faces and broken.jpg) in shards of 3: shard 0 was done.
+  assert sorted(ran) == [("train", 1), ("train", 2), ("train", 3)]
+  assert summary["written"] == {"train": 9}
+
+
+def test_resume_after_labels_were_edited_uses_the_new_labels(tmp_path,
+                                                             monkeypatch):
+  src = make_folder(tmp_path / "faces", n=9)
+  out = tmp_path / "out"
+  spec = f"folder:{src},splits=1/0/0"
+  interrupt_after_first_shard(monkeypatch, spec, out, size=64, shard_size=3)
+  # 001.png is in the finished shard 0: flip its gender.
+  rows = read_labels(src)
+  row = next(r for r in rows if r[0] == "001.png")
+  old = row[1]
+  row[1] = "female" if old == "male" else "male"
+  write_labels(src, rows)
+  ran = count_shard_work(monkeypatch)
+  summary = prepare.prepare(spec, str(out), size=64, shard_size=3)
+  assert ("train", 0) in ran
+  assert summary["written"] == {"train": 9}
+  assert by_key(out)["001.png"]["gender"] == (0 if old == "male" else 1)
+
+
+def test_resume_after_a_photo_was_replaced_uses_the_new_photo(tmp_path,
+                                                              monkeypatch):
+  src = make_folder(tmp_path / "faces", n=9)
+  out = tmp_path / "out"
+  spec = f"folder:{src},splits=1/0/0"
+  interrupt_after_first_shard(monkeypatch, spec, out, size=64, shard_size=3)
+  # Another photo under the same name (and the same labels row).
+  (src / "001.png").write_bytes(masked_faces.encode_image(
+      np.full((96, 96, 3), 200, np.uint8), "png"))
+  ran = count_shard_work(monkeypatch)
+  summary = prepare.prepare(spec, str(out), size=64, shard_size=3)
+  assert ("train", 0) in ran
+  assert summary["written"] == {"train": 9}
+  image = by_key(out)["001.png"]["image"].astype(np.float32)
+  assert abs(image.mean() - 200) < 2 and image.std() < 2
+
+
+def test_input_digests_follow_labels_and_content(tmp_path):
+  src = make_folder(tmp_path / "faces", n=3)
+
+  def open_folder():
+    return sources.ImageFolder(src, split="all")
+
+  before = [open_folder().input_digest(i) for i in range(4)]
+  assert len(set(before)) == 4
+  assert before == [open_folder().input_digest(i) for i in range(4)]
+  rows = read_labels(src)
+  rows[2][3] = "1.5"  # one coordinate of 001.png
+  write_labels(src, rows)
+  after = [open_folder().input_digest(i) for i in range(4)]
+  assert [a != b for a, b in zip(before, after)] == [False, True, False,
+                                                     False]
+  (src / "002.png").write_bytes(masked_faces.encode_image(
+      np.zeros((96, 96, 3), np.uint8), "png"))
+  again = [open_folder().input_digest(i) for i in range(4)]
+  assert [a != b for a, b in zip(after, again)] == [False, False, True,
+                                                    False]
+  proc = sources.Procedural(num_records=20, size=64)
+  assert proc.input_digest(3) == sources.Procedural(
+      num_records=20, size=64).input_digest(3)
+  assert proc.input_digest(3) != proc.input_digest(4)
+  assert proc.input_digest(3) != sources.Procedural(
+      num_records=20, size=64, seed=1).input_digest(3)

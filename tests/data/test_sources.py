@@ -1,11 +1,14 @@
 """Tests of the sources (folder, CelebA, FFHQ, ...), decoding, specs, splits."""
 
+import contextlib
 import csv
 import hashlib
 import io
 import itertools
 import os
 import pickle
+import shutil
+import signal
 
 import grain
 import ml_collections
@@ -293,6 +296,184 @@ def test_pickle_and_grain_workers_view(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# Folder safety: symlinks, loops, special files, copies, big files.
+
+
+@contextlib.contextmanager
+def _deadline(seconds):
+  """Fails the test where the body would hang CI."""
+  if not hasattr(signal, "SIGALRM"):
+    pytest.skip("needs SIGALRM")
+
+  def expire(signum, frame):
+    del signum, frame
+    # pytest.fail, not TimeoutError: an OSError that code under test
+    # could catch and turn into something else.
+    pytest.fail(f"still running after {seconds} s: hangs")
+
+  previous = signal.signal(signal.SIGALRM, expire)
+  signal.alarm(seconds)
+  try:
+    yield
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _needs(name):
+  if not hasattr(os, name):
+    pytest.skip(f"needs os.{name}")
+
+
+def _photos(root, rels):
+  for k, rel in enumerate(rels):
+    fmt = "PNG" if rel.endswith(".png") else "JPEG"
+    _save(str(root / rel), _FACES[k][schema.IMAGE], fmt)
+
+
+def _split_keys(root, **kw):
+  return {s: sources.ImageFolder(root, split=s, **kw).keys
+          for s in sources.SPLITS}
+
+
+def test_symlink_loop_lists_each_photo_once_in_one_split(tmp_path, caplog):
+  _needs("symlink")
+  real = sorted(["a/f0.jpg", "a/f1.png", "a/d/f2.jpg", "b/c/f3.png",
+                 "b/f4.jpg", "top5.jpg", "top6.png", "z/f7.jpg"])
+  _photos(tmp_path, real)
+  os.symlink("..", tmp_path / "a" / "loop")  # back to the root
+  # More names of listed things: listed once, under the name without a
+  # symlink (even where a symlink's sorts first), else the first in order.
+  os.symlink(os.path.join("..", "a", "f0.jpg"), tmp_path / "b" / "alias.jpg")
+  os.symlink(os.path.join("a", "f0.jpg"), tmp_path / "0_alias.jpg")
+  os.symlink("b", tmp_path / "0_link")
+  os.symlink("b", tmp_path / "y_link")
+  os.link(tmp_path / "a" / "f1.png", tmp_path / "zz_hard.png")
+  assert sources.list_images(tmp_path) == real
+  assert sources.ImageFolder(tmp_path, split="all").keys == real
+  parts = _split_keys(tmp_path)
+  assert sorted(k for p in parts.values() for k in p) == real
+  assert "'a/loop'" in caplog.text  # the cut loop is reported
+
+
+def test_mutual_symlink_loops_terminate(tmp_path, caplog):
+  _needs("symlink")
+  _photos(tmp_path, ["a/f.jpg", "b/g.png"])
+  os.symlink(os.path.join("..", "b"), tmp_path / "a" / "to_b")
+  os.symlink(os.path.join("..", "a"), tmp_path / "b" / "to_a")
+  os.symlink("..", tmp_path / "a" / "up")
+  os.symlink("..", tmp_path / "b" / "up")
+  os.symlink(".", tmp_path / "self")
+  os.symlink("self_loop", tmp_path / "self_loop")  # a link to itself
+  with _deadline(20):
+    assert sources.list_images(tmp_path) == ["a/f.jpg", "b/g.png"]
+    assert sum(len(p) for p in _split_keys(tmp_path).values()) == 2
+  for name in ("a/to_b", "b/to_a", "a/up", "b/up", "self"):
+    assert f"{name!r}: leads to the folder" in caplog.text
+
+
+def test_special_files_named_like_images_are_skipped(tmp_path, caplog):
+  _needs("mkfifo")
+  _photos(tmp_path, ["ok.jpg", "y.png/inner.jpg"])
+  os.mkfifo(tmp_path / "x.jpg")
+  os.symlink("missing.jpg", tmp_path / "w.jpg")
+  expected = {"x.jpg": "a FIFO", "y.png": "a folder",
+              "w.jpg": "a dangling symlink"}
+  if os.path.exists("/dev/zero"):
+    os.symlink("/dev/zero", tmp_path / "z.jpg")
+    expected["z.jpg"] = "a character device"
+  os.mkfifo(tmp_path / "pipe.txt")  # not named like an image: ignored
+  with _deadline(20):
+    src = sources.ImageFolder(tmp_path, split="all")
+    records = [src[i] for i in range(len(src))]
+  assert src.keys == ["ok.jpg", "y.png/inner.jpg"]
+  assert all(r is not None for r in records)
+  for name, kind in expected.items():
+    assert f"skipping {name!r}: {kind}" in caplog.text
+  assert "pipe.txt" not in caplog.text
+
+
+def test_identical_copies_are_one_record(tmp_path, caplog):
+  _photos(tmp_path, ["a/face.jpg", "a/other.png"])
+  for copy in ("b/copy.jpg", "c/again.jpg"):
+    os.makedirs(tmp_path / os.path.dirname(copy), exist_ok=True)
+    shutil.copyfile(tmp_path / "a" / "face.jpg", tmp_path / copy)
+  # BMPs (uncompressed, 12 KB) of one size that differ only in the middle
+  # rows: the same first and last bytes, so only a whole-file hash tells
+  # them apart.
+  one = _FACES[2][schema.IMAGE].copy()
+  two = one.copy()
+  two[30:34] = 255 - two[30:34]
+  _save(str(tmp_path / "m" / "one.bmp"), one, "BMP")
+  _save(str(tmp_path / "m" / "two.bmp"), two, "BMP")
+  os.makedirs(tmp_path / "n")
+  shutil.copyfile(tmp_path / "m" / "one.bmp", tmp_path / "n" / "one.bmp")
+  _write_csv(tmp_path / "labels.csv", ["file", "gender"],
+             [["a/face.jpg", "female"], ["b/copy.jpg", "male"]])
+  kept = ["a/face.jpg", "a/other.png", "m/one.bmp", "m/two.bmp"]
+  assert sources.list_images(tmp_path) == kept
+  assert len(sources.list_images(tmp_path, unique_content=False)) == 7
+  src = sources.ImageFolder(tmp_path, split="all")
+  assert src.keys == kept
+  records = {src[i][sources.KEY]: src[i] for i in range(len(src))}
+  assert records["a/face.jpg"][schema.GENDER] == schema.FEMALE
+  assert not np.array_equal(records["m/one.bmp"][schema.IMAGE],
+                            records["m/two.bmp"][schema.IMAGE])
+  # Every photo in exactly one split, decided on its kept name.
+  parts = _split_keys(tmp_path)
+  assert sorted(k for p in parts.values() for k in p) == kept
+  for s, keys in parts.items():
+    assert all(sources.hash_split(k, sources.DEFAULT_SPLITS) == s
+               for k in keys)
+  assert "left out 3 file(s) as byte-identical copies" in caplog.text
+  assert "'b/copy.jpg' (the same as 'a/face.jpg', which is listed)" in (
+      caplog.text)
+  assert "a copy of a file listed under another name" in caplog.text
+
+
+def test_read_image_refuses_files_over_max_bytes(tmp_path, caplog,
+                                                 monkeypatch):
+  _photos(tmp_path, ["face.jpg"])
+  path = tmp_path / "face.jpg"
+  size = path.stat().st_size
+  image, _ = decode.read_image(path, max_bytes=size)
+  assert image.shape == (64, 64, 3)
+  with pytest.raises(decode.CorruptImageError,
+                     match=rf"face\.jpg: larger than the limit of {size - 1} "):
+    decode.read_image(path, max_bytes=size - 1)
+  assert decode.MAX_IMAGE_BYTES >= 16 << 20  # far above any photo
+  # The default bound holds for sources: the record is skipped, warned.
+  monkeypatch.setattr(decode, "MAX_IMAGE_BYTES", size - 1)
+  src = sources.ImageFolder(tmp_path, split="all")
+  assert src[0] is None
+  assert f"face.jpg: larger than the limit of {size - 1}" in caplog.text
+
+
+def test_read_image_refuses_a_fifo_quickly(tmp_path, caplog):
+  _needs("mkfifo")
+  os.mkfifo(tmp_path / "x.jpg")
+  with _deadline(10):
+    with pytest.raises(decode.CorruptImageError,
+                       match=r"x\.jpg: a FIFO, not a regular file"):
+      decode.read_image(tmp_path / "x.jpg")
+  if os.path.exists("/dev/zero"):
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    with pytest.raises(decode.CorruptImageError,
+                       match=r"zero\.jpg: a character device"):
+      decode.read_image(tmp_path / "zero.jpg", max_bytes=1 << 16)
+  # A FIFO that replaced a listed file: that record is skipped.
+  folder = tmp_path / "faces"
+  _photos(folder, ["a.jpg", "b.jpg"])
+  src = sources.ImageFolder(folder, split="all")
+  os.unlink(folder / "a.jpg")
+  os.mkfifo(folder / "a.jpg")
+  with _deadline(10):
+    records = [src[i] for i in range(len(src))]
+  assert records[0] is None and records[1] is not None
+  assert "a.jpg: a FIFO, not a regular file" in caplog.text
+
+
+# ---------------------------------------------------------------------------
 # CelebA in its own formats.
 
 _CELEBA_ATTRS = (
@@ -394,8 +575,10 @@ def test_celeba_annotations_in_subfolders(tmp_path):
 
 
 def _make_ffhq(root, numbers):
-  image = _FACES[0][schema.IMAGE][:16, :16]
   for n in numbers:
+    # A pixel from the number: byte-identical files would be one record.
+    image = _FACES[0][schema.IMAGE][:16, :16].copy()
+    image[0, 0] = (n % 256, n // 256 % 256, n // 65536)
     _save(str(root / "images1024x1024" / f"{n // 1000 * 1000:05d}" /
               f"{n:05d}.png"), image)
 
@@ -553,14 +736,18 @@ def test_the_split_test_catches_a_shared_seed_stream(monkeypatch):
 
 def test_utkface_folder(shared_data):
   root = shared_data / "utkface"
+  # 9,780 files, of which 105 are byte-identical copies of others under
+  # other names (14 labelled with the other gender): each photo is one
+  # record, labelled by the row of its kept name.
   src = sources.ImageFolder(root, split="all")
-  assert len(src) == 9780
+  assert len(src) == 9675
+  assert len(sources.list_images(root, unique_content=False)) == 9780
   genders = src.genders
-  assert np.sum(genders >= 0) == 9778
-  assert np.sum(genders == schema.MALE) == 4372
-  assert np.sum(genders == schema.FEMALE) == 5406
+  assert np.sum(genders >= 0) == 9673
+  assert np.sum(genders == schema.MALE) == 4336
+  assert np.sum(genders == schema.FEMALE) == 5337
   parts = [len(sources.ImageFolder(root, split=s)) for s in sources.SPLITS]
-  assert sum(parts) == 9780 and parts[0] > 8500
+  assert sum(parts) == 9675 and parts[0] > 8500
   male = sources.ImageFolder(root, split="val", gender="male")
   for i in (0, len(male) // 2, -1):
     record = male[i]

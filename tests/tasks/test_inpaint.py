@@ -282,7 +282,7 @@ def test_sigterm_saves_and_resume_continues(tmp_path):
     assert time.monotonic() < deadline, "".join(lines[-20:])
   rest, _ = proc.communicate(timeout=120)
   output = "".join(lines) + rest
-  assert proc.returncode == 0, output
+  assert proc.returncode == loop.EXIT_PREEMPTED, output  # not "finished"
   m = re.search(r"SIGTERM received: checkpoint of step (\d+) saved", output)
   assert m, output
   saved = int(m.group(1))
@@ -301,6 +301,7 @@ def test_sigterm_saves_and_resume_continues(tmp_path):
 @pytest.mark.parametrize("key,value,match", [
     ("data.gender", "other", "config.data.gender"),
     ("data.image_size", 66, "config.data.image_size"),
+    ("data.image_size", 16, "config.data.image_size=16.*>= 24"),
     ("compute_dtype", "fp8", "config.compute_dtype"),
     ("model.attention_impl", "flash", "config.model.attention_impl"),
     ("train.batch_size", 0, "config.train.batch_size"),

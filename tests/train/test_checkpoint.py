@@ -16,6 +16,7 @@ import textwrap
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxface.train import checkpoint
@@ -74,6 +75,80 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(
   # Steps 3 and 4 were trained again from step 2, exactly as before.
   assert int(state.step) == 6
   assert _equal(state, reference[6])
+
+
+def _alter_silently(state_dir, state):
+  """Flips one byte of the saved arrays where orbax restores without error
+  but with other values (arrays are stored compressed, so the test finds
+  such a byte with a plain orbax restore, without jaxface's checks)."""
+  data_files = [p for p in (state_dir / "ocdbt.process_0" / "d").iterdir()]
+  path = max(data_files, key=lambda p: p.stat().st_size)
+  original = path.read_bytes()
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  for pos in range(16, len(original), 7):
+    data = bytearray(original)
+    data[pos] ^= 0x10
+    path.write_bytes(bytes(data))
+    try:
+      restored = ocp.StandardCheckpointer().restore(state_dir, abstract)
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if not _equal(restored, state):
+      return
+  pytest.fail("no silently altering byte found")
+
+
+def test_altered_bytes_are_detected_and_the_previous_checkpoint_used(
+    tmp_path, reference, caplog):
+  """Bit rot inside a saved array that restores without error: only the
+  checksums catch it."""
+  workdir = tmp_path / "run"
+  state = _run(workdir, 4)
+  _alter_silently(workdir / "checkpoints" / "4" / "state", state)
+  with caplog.at_level(logging.INFO):
+    state = _run(workdir, 6)
+  assert "checkpoint of step 4" in caplog.text
+  assert "differ from their checksums" in caplog.text
+  assert "Resumed from the checkpoint of step 2" in caplog.text
+  assert int(state.step) == 6 and _equal(state, reference[6])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int32", "int8",
+                                   "bool", "uint32", "float16"])
+def test_checksums_see_any_one_changed_or_swapped_value(dtype):
+  rng = np.random.default_rng(0)
+  x = (rng.random((6, 7)) > 0.5 if dtype == "bool"
+       else (rng.random((6, 7)) * 100).astype(dtype))
+  base = checkpoint.checksums({"x": jax.numpy.asarray(x)})["x"]
+  assert len(base) == 16
+  flat = x.reshape(-1)
+  for i in range(flat.size):
+    y = flat.copy()
+    y[i] = ~y[i] if dtype == "bool" else (
+        y.view(np.uint8 if y.dtype.itemsize == 1 else f"u{y.dtype.itemsize}")
+        ^ 1).view(y.dtype)[i]
+    assert checkpoint.checksums({"x": y.reshape(x.shape)})["x"] != base, i
+  swapped = flat.copy()
+  j = int(np.flatnonzero(flat != flat[0])[0])
+  swapped[[0, j]] = swapped[[j, 0]]
+  assert checkpoint.checksums({"x": swapped.reshape(x.shape)})["x"] != base
+
+
+def test_checksums_do_not_depend_on_the_sharding():
+  mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+  x = jax.numpy.arange(64 * 3, dtype=jax.numpy.float32).reshape(64, 3)
+  spread = jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("data")))
+  assert checkpoint.checksums([spread]) == checkpoint.checksums([x])
+
+
+def test_keep_every_keeps_multiples_beyond_max_to_keep(tmp_path):
+  workdir = tmp_path / "run"
+  _run(workdir, 12, max_to_keep=2, keep_every=4)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit()) == [4, 8, 10, 12]
 
 
 def test_a_stray_folder_is_not_a_checkpoint(tmp_path, reference, caplog):
@@ -155,3 +230,14 @@ def test_a_lock_left_by_a_killed_run_is_recovered(tmp_path, caplog):
     state = _run(workdir, 2)
   assert int(state.step) == 2
   assert f"pid {holder.pid}" in caplog.text  # whose lock was taken over
+
+
+def test_an_empty_evaluation_split_is_refused_at_start(tmp_path):
+  config = toy.toy_config(num_steps=4, eval_every=2)
+  config.data.source = "procedural:num_records=40"  # val: 2 faces
+  with pytest.raises(ValueError, match=r"config.data.source=.*the val split "
+                     r"yields fewer examples than one batch of "
+                     r"config.eval.batch_size \(8"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "run" / "config.json").exists()
