@@ -6,7 +6,7 @@ r"""Soak test: train while being killed and having checkpoints damaged.
 1. Trains the config uninterrupted to `--steps` in `<workdir>/reference`
    (skipped when that run is already complete).
 2. Trains it again in `<workdir>/soak`, as `python -m jaxface.main`
-   processes that are SIGKILLed at random: some a random time into training,
+   processes that are SIGKILLed at random: some a random time after their first progress line,
    some the moment a checkpoint save begins (a temporary folder appears in
    `checkpoints/`). Between lives, at random, the newest checkpoint is
    damaged: a file truncated, a byte of the saved arrays flipped, its state
@@ -37,6 +37,8 @@ import time
 from absl import app
 from absl import flags
 
+from jaxface import logging_utils
+
 _CONFIG = flags.DEFINE_string(
     "config", "configs/inpaint.py:tiny", "Config file (as for jaxface.main).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where both runs go.")
@@ -50,11 +52,15 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
 _DAMAGE = flags.DEFINE_float(
     "damage", 0.3, "Probability of damaging the newest checkpoint after a "
     "kill.")
+_KILL_AFTER = flags.DEFINE_float(
+    "kill_after", 40.0, "Kills not aimed at a save come a random time up to "
+    "this many seconds into training.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill and damage plan.")
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "Extra --config.<key>=<value> flags for both runs.")
 
 DAMAGED = re.compile(r"checkpoint of step (\d+) in .* is damaged")
+PROGRESS = re.compile(r"step \d+/\d+ \(")
 RESUMED = re.compile(r"Resumed from the checkpoint of step (\d+)")
 
 
@@ -101,27 +107,25 @@ def _life(workdir: str, log_path: str, plan: random.Random | None,
     proc = subprocess.Popen(_command(workdir), stdout=log,
                             stderr=subprocess.STDOUT)
     in_save = plan is not None and plan.random() < 0.4
-    delay = plan.uniform(2.0, 40.0) if plan else None
+    delay = plan.uniform(0.05, 1.0) * _KILL_AFTER.value if plan else None
     trained_since = None
     while proc.poll() is None:
       time.sleep(0.02)
       if plan is None:
         continue
-      if trained_since is None:
+      if trained_since is None:  # compiling: wait for the first progress line
         with open(log_path) as f:
-          if "Training " in f.read():
+          if PROGRESS.search(f.read()):
             trained_since = time.monotonic()
         continue
-      if in_save:
-        if _saving(workdir):
-          time.sleep(plan.uniform(0.0, 0.2))
-          hit = _saving(workdir)
-          proc.send_signal(signal.SIGKILL)
-          tally.kills += 1
-          tally.kills_in_save += hit
-      elif time.monotonic() - trained_since > delay:
-        proc.send_signal(signal.SIGKILL)
-        tally.kills += 1
+      if in_save and _saving(workdir):
+        time.sleep(plan.uniform(0.0, 0.2))
+        tally.kills_in_save += _saving(workdir)
+      elif in_save or time.monotonic() - trained_since < delay:
+        continue
+      proc.send_signal(signal.SIGKILL)
+      tally.kills += 1
+      break
     proc.wait()
   with open(log_path) as f:
     text = f.read()
@@ -179,6 +183,7 @@ def final_digest(workdir: str) -> tuple[int | None, str]:
 
 def main(argv):
   del argv
+  logging_utils.quiet_libraries()
   root = os.path.abspath(_WORKDIR.value)
   reference, soak = os.path.join(root, "reference"), os.path.join(root,
                                                                   "soak")
