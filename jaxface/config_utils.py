@@ -104,7 +104,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   for key in ("image_every", "eval_every", "keep_every"):
     check(_is_int(t[key]) and t[key] >= 0, f"train.{key}", t[key],
           "an integer >= 0 (0 = never)")
-  check(t.keep_every % t.checkpoint_every == 0, "train.keep_every",
+  check(t.keep_every % t.checkpoint_every == 0,  # both ints by now
+        "train.keep_every",
         t.keep_every, f"a multiple of train.checkpoint_every "
         f"({t.checkpoint_every}): only saved steps can be kept")
   e = config.eval

@@ -4,7 +4,7 @@ r"""Soak test: train while being killed and having checkpoints damaged.
       --minutes=30 --steps=2000
 
 1. Trains the config uninterrupted to `--steps` in `<workdir>/reference`
-   (skipped when that run is already complete).
+   (a complete reference run is reused: its start finds it done).
 2. Trains it again in `<workdir>/soak`, as `python -m jaxface.main`
    processes that are SIGKILLed at random: some a random time after their first progress line,
    some the moment a checkpoint save begins (a temporary folder appears in
@@ -188,6 +188,7 @@ def main(argv):
   reference, soak = os.path.join(root, "reference"), os.path.join(root,
                                                                   "soak")
   lives_dir = os.path.join(soak, "lives")
+  shutil.rmtree(soak, ignore_errors=True)  # a soak always starts afresh
   os.makedirs(lives_dir, exist_ok=True)
   plan = random.Random(_SEED.value)
   started = time.monotonic()

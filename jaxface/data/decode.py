@@ -12,6 +12,7 @@ resize. PNGs always decode in full.
 warning per record and process.
 """
 
+import hashlib
 import io
 import os
 import stat
@@ -217,3 +218,20 @@ def read_image(path: str | os.PathLike, key: str | None = None,
   if total > limit:
     raise too_big
   return decode_image_scaled(b"".join(chunks), key, draft_size)
+
+
+def file_digest(path: str | os.PathLike, key: str | None = None,
+                max_bytes: int | None = None) -> str:
+  """Hex blake2b of a file's first `max_bytes` (default `MAX_IMAGE_BYTES`).
+
+  Read in chunks through `open_regular_file` (never blocks; refuses
+  anything but a regular file with a CorruptImageError).
+  """
+  left = MAX_IMAGE_BYTES if max_bytes is None else int(max_bytes)
+  digest = hashlib.blake2b(digest_size=20)
+  f, _ = open_regular_file(path, key)
+  with f:
+    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+      digest.update(chunk)
+      left -= len(chunk)
+  return digest.hexdigest()

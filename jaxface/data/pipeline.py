@@ -137,8 +137,8 @@ class ExampleMaker:
       if isinstance(face, str):
         return {SKIPPED: f"{name}: {face}"}
       example = self.spec(face, rng, self.augment)
-    except examples_lib.ExampleContractError:
-      raise  # the task's bug: stop and say so
+    except (examples_lib.ExampleContractError, MemoryError):
+      raise  # the task's bug, or the host's trouble: no record's fault
     except Exception as e:  # pylint: disable=broad-except
       # One record must never stop a run; the marker names it and the error.
       reason = str(e).splitlines()[0][:300] if str(e) else ""
@@ -256,6 +256,8 @@ class _BatchIterator(grain.DatasetIterator):
     return {"parent": self._parent.get_state(), "skipped": self.skipped}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    if "parent" not in state:  # saved before skips were counted
+      state = {"parent": state, "skipped": 0}
     self._parent.set_state(state["parent"])
     self.skipped = int(state["skipped"])
 

@@ -201,23 +201,49 @@ def _work_shard(args) -> tuple[str, int, list[dict], list[tuple[str, str]]]:
 
 
 # --------------------------------------------------------- shard bookkeeping
-def _input_digests(source, split: str, progress=None
+def _input_digests(source, split: str, progress=None,
+                   cache: dict[str, str] | None = None
                    ) -> list[tuple[str, str]]:
   """(key, digest of its inputs) of every record of a split's source.
 
   The digest is the source's `input_digest` (labels and image content); a
-  source without one is trusted by its key alone. `progress(n)` is called
-  as records are done.
+  source without one is trusted by its key alone. `cache` holds the files'
+  content digests by size, times and inode (see `_load_digests`).
+  `progress(n)` is called as records are done.
   """
   keys = getattr(source, "keys", None)
   digest = getattr(source, "input_digest", None)
   out = []
   for i in range(len(source)):
     key = keys[i] if keys is not None else f"{split}/{i}"
-    out.append((key, digest(i) if digest is not None else ""))
+    out.append((key, digest(i, cache) if digest is not None else ""))
     if progress is not None:
       progress(1)
   return out
+
+
+_DIGESTS = "content_digests.json"
+
+
+def _load_digests(work: str) -> dict[str, str]:
+  """The files' content digests of an earlier run of this `prepare`.
+
+  {key: "size:mtime:ctime:inode=digest"}: a resume reads again only the
+  files whose stat changed. A damaged table is just recomputed.
+  """
+  try:
+    with open(os.path.join(work, _DIGESTS)) as f:
+      table = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return table if isinstance(table, dict) else {}
+
+
+def _save_digests(work: str, table: dict[str, str]) -> None:
+  path = os.path.join(work, _DIGESTS)
+  with open(path + ".tmp", "w") as f:
+    json.dump(table, f)
+  os.replace(path + ".tmp", path)
 
 
 def _shard_digest(params: dict, split: str,
@@ -371,14 +397,16 @@ def prepare(source: str, out: str, *, size: int = 256, align: str = "center",
   # Key every shard on its inputs (here, before any job: a stale shard must
   # never be taken for done).
   progress = _Checking(sum(sizes.values()))
+  cache = _load_digests(work)
   for split, src in opened.items():
-    inputs = _input_digests(src, split, progress)
+    inputs = _input_digests(src, split, progress, cache)
     for shard, start in enumerate(range(0, sizes[split], shard_size)):
       stop = min(start + shard_size, sizes[split])
       digest = _shard_digest(params, split, inputs[start:stop])
       paths[split, shard] = _shard_path(work, split, shard, digest)
       if not os.path.exists(paths[split, shard]):
         jobs.append((source, split, shard, start, stop, digest, preparer))
+  _save_digests(work, cache)
   # Shards of older inputs (listing, labels, images) are not reused.
   for name in os.listdir(work):
     path = os.path.join(work, name)

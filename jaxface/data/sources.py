@@ -315,19 +315,16 @@ class _FileSource:
     """int8 [N] gender of every record (-1 unknown), without reading images."""
     return self._genders.copy()
 
-  # Content digests of the files read so far in this process, by (path,
-  # size, mtime, ctime, inode): a resume reads each file once.
-  _content_digests: dict[tuple, bytes] = {}
-
-  def input_digest(self, index) -> str:
+  def input_digest(self, index, cache: dict[str, str] | None = None) -> str:
     """A short hex digest of what record `index` is made of.
 
     Covers its key, its labels row (gender, annotated points) and the bytes
     of its file, so `jaxface.data.prepare` notices an edited labels file or
-    a replaced photo. The file is read in bounded chunks; its digest is
-    cached in this process while its size, times and inode stay the same.
-    A file that cannot be read digests as missing (reading the record then
-    reports it).
+    a replaced photo. The file is read in bounded chunks, unless `cache`
+    (which this updates) holds its content digest under the same size,
+    times and inode: `prepare` keeps that table with its work, so a resume
+    reads only files that changed. A file that cannot be read digests as
+    missing (reading the record then reports it).
     """
     i = _index(index, len(self), self)
     key = str(self._files[i])
@@ -343,21 +340,15 @@ class _FileSource:
       h.update(b"no landmarks")
     try:
       st = os.stat(path)
-      stamp = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-      content = self._content_digests.get(stamp)
-      if content is None:
-        file_hash = hashlib.blake2b(digest_size=16)
-        f, _ = decode.open_regular_file(path, key)  # never blocks
-        with f:
-          left = decode.MAX_IMAGE_BYTES + 1  # reading reports bigger files
-          while left > 0 and (chunk := f.read(min(1 << 20, left))):
-            file_hash.update(chunk)
-            left -= len(chunk)
-        content = file_hash.digest()
-        if len(self._content_digests) >= 1_000_000:
-          self._content_digests.clear()  # bounded memory
-        self._content_digests[stamp] = content
-      h.update(b"file" + content)
+      stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+      content = (cache or {}).get(key, "").partition("=")
+      if content[0] != stamp or not content[2]:
+        content = decode.file_digest(path, key)
+        if cache is not None:
+          cache[key] = f"{stamp}={content}"
+      else:
+        content = content[2]
+      h.update(b"file" + content.encode())
     except (OSError, decode.CorruptImageError):
       h.update(b"missing")
     return h.hexdigest()
@@ -559,19 +550,15 @@ def _content_digest(root: str, rel: str, sample: bool) -> bytes | None:
   (never blocks, refuses anything but a regular file).
   """
   path = os.path.join(root, *rel.split("/"))
-  digest = hashlib.blake2b(digest_size=20)
   try:
+    if not sample:
+      return decode.file_digest(path).encode()
+    digest = hashlib.blake2b(digest_size=20)
     f, st = decode.open_regular_file(path)
     with f:
-      if sample:
-        digest.update(f.read(_SAMPLE_BYTES))
-        f.seek(max(_SAMPLE_BYTES, st.st_size - _SAMPLE_BYTES))
-        digest.update(f.read(_SAMPLE_BYTES))
-      else:
-        left = decode.MAX_IMAGE_BYTES
-        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
-          digest.update(chunk)
-          left -= len(chunk)
+      digest.update(f.read(_SAMPLE_BYTES))
+      f.seek(max(_SAMPLE_BYTES, st.st_size - _SAMPLE_BYTES))
+      digest.update(f.read(_SAMPLE_BYTES))
   except (decode.CorruptImageError, OSError):
     return None
   return digest.digest()
@@ -1118,14 +1105,16 @@ class Procedural:
     return (f"Procedural(split={self.split!r}, {len(self)} records, "
             f"{self.faces!r})")
 
-  def input_digest(self, index) -> str:
+  def input_digest(self, index, cache: dict[str, str] | None = None) -> str:
     """A short hex digest of what record `index` is made of.
 
-    The drawing is deterministic: the parameters and the index are all.
+    The drawing is deterministic: the generator's settings and the index
+    are all (not the record count, which moves no face).
     """
+    del cache
     i = _index(index, len(self), self)
-    return hashlib.blake2b(f"{self!r}:{i}".encode(),
-                           digest_size=16).hexdigest()
+    face = f"{self.faces.seed}:{self.faces.size}:{self.faces.face_index(i)}"
+    return hashlib.blake2b(face.encode(), digest_size=16).hexdigest()
 
 
 # ---------------------------------------------------------------------------

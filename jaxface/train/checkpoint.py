@@ -30,6 +30,7 @@ import socket
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import jax.numpy as jnp
@@ -117,8 +118,18 @@ def checksums(state: Any) -> dict[str, str]:
   """{"a/b/c": 16 hex digits} for every array of `state`."""
   sums = jax.device_get(_checksums(state))
   flat = jax.tree_util.tree_flatten_with_path(sums)[0]
-  return {"/".join(_key_name(k) for k in path): f"{int(s[0]):08x}{int(s[1]):08x}"
+  # keystr: unambiguous, unlike names joined with "/".
+  return {jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
           for path, s in flat}
+
+
+def _saved_items(step_dir: epath.Path) -> set[str]:
+  """The items a step's metadata says were saved (empty if unreadable)."""
+  try:
+    meta = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+    return set(meta.get("item_handlers") or ())
+  except (OSError, ValueError, AttributeError):
+    return set()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -143,8 +154,10 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   items = {STATE: ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-  has_sums = os.path.isdir(os.path.join(os.fspath(manager.directory),
-                                        str(step), CHECKSUMS))
+  step_dir = epath.Path(manager.directory) / str(step)
+  has_sums = (step_dir / CHECKSUMS).exists()
+  if not has_sums and CHECKSUMS in _saved_items(step_dir):
+    raise ChecksumError("its checksums are missing")
   if has_sums:
     items[CHECKSUMS] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))

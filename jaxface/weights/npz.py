@@ -152,8 +152,10 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
       # The directory is untrusted: sizes must be possible in this file, and
       # members may not overlap (their compressed bytes add up to the file).
       compressed += info.compress_size
+      stored = info.compress_type == zipfile.ZIP_STORED
       if (info.compress_size > archive_size or compressed > archive_size or
-          info.file_size > _MAX_COMPRESSION_RATIO * info.compress_size):
+          info.file_size > _MAX_COMPRESSION_RATIO * info.compress_size or
+          (stored and info.file_size != info.compress_size)):
         raise NpzError(
             f'{where}: member claims {info.file_size} bytes from '
             f'{info.compress_size} compressed ones in a {archive_size}-byte '

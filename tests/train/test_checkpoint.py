@@ -59,8 +59,13 @@ def _damage_empty(step_dir):
     p.unlink() if p.is_file() else p.rmdir()
 
 
+def _damage_lose_the_checksums(step_dir):
+  shutil.rmtree(step_dir / "checksums")
+
+
 @pytest.mark.parametrize("damage", [_damage_truncate, _damage_lose_the_state,
-                                    _damage_empty])
+                                    _damage_empty,
+                                    _damage_lose_the_checksums])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(
     tmp_path, reference, caplog, damage):
   workdir = tmp_path / "run"
@@ -121,7 +126,7 @@ def test_checksums_see_any_one_changed_or_swapped_value(dtype):
   rng = np.random.default_rng(0)
   x = (rng.random((6, 7)) > 0.5 if dtype == "bool"
        else (rng.random((6, 7)) * 100).astype(dtype))
-  base = checkpoint.checksums({"x": jax.numpy.asarray(x)})["x"]
+  base = checkpoint.checksums({"x": jax.numpy.asarray(x)})["['x']"]
   assert len(base) == 16
   flat = x.reshape(-1)
   for i in range(flat.size):
@@ -129,11 +134,11 @@ def test_checksums_see_any_one_changed_or_swapped_value(dtype):
     y[i] = ~y[i] if dtype == "bool" else (
         y.view(np.uint8 if y.dtype.itemsize == 1 else f"u{y.dtype.itemsize}")
         ^ 1).view(y.dtype)[i]
-    assert checkpoint.checksums({"x": y.reshape(x.shape)})["x"] != base, i
+    assert checkpoint.checksums({"x": y.reshape(x.shape)})["['x']"] != base, i
   swapped = flat.copy()
   j = int(np.flatnonzero(flat != flat[0])[0])
   swapped[[0, j]] = swapped[[j, 0]]
-  assert checkpoint.checksums({"x": swapped.reshape(x.shape)})["x"] != base
+  assert checkpoint.checksums({"x": swapped.reshape(x.shape)})["['x']"] != base
 
 
 def test_checksums_do_not_depend_on_the_sharding():

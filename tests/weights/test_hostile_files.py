@@ -478,3 +478,24 @@ def test_npz_round_trip_still_loads(tmp_path):
   np.testing.assert_array_equal(loaded['conv']['kernel'], np.arange(4096))
   assert loaded['conv']['bias'].dtype == ml_dtypes.bfloat16
   assert loaded['conv']['kernel'].flags.writeable
+
+
+def test_npz_stored_member_claiming_more_than_it_holds(tmp_path):
+  """A stored (uncompressed) member holds exactly its bytes: a directory that
+  claims more is refused before numpy allocates the claim."""
+  body = bytes(16)
+  claim = 100 * (len(_npy({'descr': '|u1', 'fortran_order': False,
+                           'shape': (16,)}, body)))
+  header = _npy({'descr': '|u1', 'fortran_order': False,
+                 'shape': (claim - 128,)}, b'')
+  member = header + body
+  path = _write_npz(tmp_path / 'liar.npz', {'liar.npy': member})
+  data = bytearray(path.read_bytes())
+  claimed = (len(header) + claim - 128).to_bytes(4, 'little')
+  local = data.index(b'PK\x03\x04')
+  central = data.index(b'PK\x01\x02')
+  data[local + 22:local + 26] = claimed  # uncompressed size, both headers
+  data[central + 24:central + 28] = claimed
+  path.write_bytes(bytes(data))
+  _assert_refused(npz.load_npz, path, npz.NpzError, "'liar'",
+                  'corrupt directory')
