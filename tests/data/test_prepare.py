@@ -372,6 +372,18 @@ def test_escaping_of_undecodable_names(tmp_path, capsys):
   assert "1  bad\\nreason: caf\\udce9\\tx.jpg\n" in text
 
 
+def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(tmp_path):
+  src = make_folder(tmp_path / "faces", n=4)
+  odd = os.fsdecode(b"caf\xe9\n.png")  # Latin-1 bytes and a newline
+  (src / odd).write_bytes((src / "000.png").read_bytes()[:-1] + b"\x00")
+  out = tmp_path / "prepared"
+  summary = prepare.prepare(f"folder:{src},splits=1/0/0", str(out), size=64)
+  assert sum(summary["written"].values()) == 4
+  lines = (out / "skipped.txt").read_text(encoding="utf-8").splitlines()
+  assert len(lines) == 2  # broken.jpg, and the odd name on one line
+  assert "train\tcaf\\udce9\\n.png\tno landmarks" in lines[1], lines
+
+
 # ----------------------------------------------- resume keyed on the inputs
 def interrupt_after_first_shard(monkeypatch, spec: str, out: pathlib.Path,
                                 **kwargs) -> None:
