@@ -30,14 +30,21 @@ class CorruptImageError(ValueError):
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
+# Distinct warnings kept per process; past this, one last warning says that
+# the rest are dropped (a source of a million bad files must not fill the
+# log, or memory).
+MAX_WARNINGS = 10_000
 
 
 def warn_once(key: str, message: str) -> None:
   """Logs `message` as a warning the first time `key` is reported here."""
   with _warned_lock:
-    if key in _warned:
+    if key in _warned or len(_warned) > MAX_WARNINGS:
       return
     _warned.add(key)
+    if len(_warned) > MAX_WARNINGS:
+      message = (f"{MAX_WARNINGS} distinct data warnings in this process; "
+                 "further ones are not shown (counts still are)")
   logging.warning("%s", message)
 
 

@@ -23,6 +23,7 @@ multiple of `keep_every` (when set) for good.
 
 import datetime
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -109,14 +110,22 @@ def _checksum(x: jax.Array) -> jax.Array:
                     for seed in (0x243F6A88, 0x13198A2E)])
 
 
-@jax.jit
-def _checksums(state: Any) -> Any:
-  return jax.tree.map(_checksum, state)
+@functools.lru_cache(maxsize=8)
+def _checksums_fn(out_sharding: jax.sharding.Sharding | None) -> Callable:
+  return jax.jit(lambda state: jax.tree.map(_checksum, state),
+                 out_shardings=out_sharding)
 
 
 def checksums(state: Any) -> dict[str, str]:
-  """{"a/b/c": 16 hex digits} for every array of `state`."""
-  sums = jax.device_get(_checksums(state))
+  """{key path: 16 hex digits} for every array of `state`."""
+  # Replicated sums: every process (multi-host too) can read all of them.
+  shardings = [x.sharding for x in jax.tree.leaves(state)
+               if isinstance(getattr(x, "sharding", None),
+                             jax.sharding.NamedSharding)]
+  replicated = (jax.sharding.NamedSharding(shardings[0].mesh,
+                                           jax.sharding.PartitionSpec())
+                if shardings else None)
+  sums = jax.device_get(_checksums_fn(replicated)(state))
   flat = jax.tree_util.tree_flatten_with_path(sums)[0]
   # keystr: unambiguous, unlike names joined with "/".
   return {jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
