@@ -43,6 +43,9 @@ _CONFIG = flags.DEFINE_string(
     "config", "configs/inpaint.py:tiny", "Config file (as for jaxface.main).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where both runs go.")
 _MINUTES = flags.DEFINE_float("minutes", 30.0, "How long to kill and damage.")
+_KILLS = flags.DEFINE_integer(
+    "kills", 0, "Stop killing after this many kills (0: only --minutes "
+    "limits them).")
 _STEPS = flags.DEFINE_integer(
     "steps", 2000, "config.train.num_steps of both runs; more than the soak "
     "reaches in --minutes, so that it ends in the undisturbed last life.")
@@ -118,11 +121,12 @@ def _life(workdir: str, log_path: str, plan: random.Random | None,
           if PROGRESS.search(f.read()):
             trained_since = time.monotonic()
         continue
+      waited = time.monotonic() - trained_since
       if in_save and _saving(workdir):
         time.sleep(plan.uniform(0.0, 0.2))
         tally.kills_in_save += _saving(workdir)
-      elif in_save or time.monotonic() - trained_since < delay:
-        continue
+      elif waited < (3 * delay if in_save else delay):
+        continue  # (a save too quick to catch: killed later anyway)
       proc.send_signal(signal.SIGKILL)
       tally.kills += 1
       break
@@ -204,7 +208,8 @@ def main(argv):
   tally = Tally()
   deadline = time.monotonic() + 60 * _MINUTES.value
   finished = False
-  while time.monotonic() < deadline and not finished:
+  while (time.monotonic() < deadline and not finished
+         and not (_KILLS.value and tally.kills >= _KILLS.value)):
     log = os.path.join(lives_dir, f"{tally.lives:04d}.log")
     status = _life(soak, log, plan, tally)
     if status == 0:
