@@ -11,9 +11,10 @@ and batch size.
 Each row: the median wall time of `--steps` (>= 20 for reported figures)
 individually synchronised steps after `--warmup` steps, images per second,
 the model FLOPs of one step as counted by XLA's cost analysis of the compiled
-step (custom calls such as cuDNN attention are not counted by XLA; the task
-adds its analytic count for them, `Task.uncounted_flops`),
-the achieved TFLOP/s, MFU against `--peak_tflops` (H100 SXM dense bf16:
+step (which counts one device's program, so it is multiplied by the device
+count; custom calls such as cuDNN attention are not counted by XLA; the task
+adds its analytic count for them, `Task.uncounted_flops`), the achieved
+TFLOP/s per device, MFU against `--peak_tflops` (H100 SXM dense bf16:
 769.6), and memory: XLA's static estimate for the compiled step and, where
 the backend reports it, the process's peak device memory so far. Data loading
 is excluded (one fixed batch); the input pipeline has its own benchmark.
@@ -88,7 +89,11 @@ def bench_one(base_config, batch_size: int, dtype: str, attention: str):
   t0 = time.perf_counter()
   compiled = setup.train_step.lower(state, batch, consts).compile()
   compile_s = time.perf_counter() - t0
-  flops = _cost_flops(compiled) + setup.task.uncounted_flops(batch_size)
+  # cost_analysis() counts one device's SPMD program; the task's analytic
+  # count is for the whole (global) batch.
+  devices = setup.mesh.devices.size
+  flops = (_cost_flops(compiled) * devices
+           + setup.task.uncounted_flops(batch_size))
 
   for _ in range(_WARMUP.value):
     state, metrics = compiled(state, batch, consts)
@@ -103,7 +108,7 @@ def bench_one(base_config, batch_size: int, dtype: str, attention: str):
     print(f"warning: non-finite loss in {dtype} batch {batch_size}",
           file=sys.stderr)
   ms = statistics.median(times) * 1e3
-  tflops = flops / (ms / 1e3) / 1e12
+  tflops = flops / devices / (ms / 1e3) / 1e12  # per device
   impl = "-"
   if "attention_impl" in config.get("model", {}):
     impl = attention_lib.resolve_impl(config.model.attention_impl,
