@@ -105,8 +105,8 @@ def test_conv_transpose_doubles_and_matches_torch():
   y = np.asarray(module.apply({"params": params}, jnp.asarray(x)))
   assert y.shape == (2, 12, 12, 3)
   # torch's layer in float64, and the same layer on |x|, |W|, |b| for the
-  # sum of |terms|. JAX runs it as a 4x4 conv of the dilated input: 16 * 5
-  # products (the zeros exact) and the bias per output.
+  # sum of |terms|. JAX runs it in sub-pixel form: 2 x 2 x 5 products and
+  # the bias per output, within the bound of the 4 x 4 x 5 + 1 terms.
   t64 = t.double()
   x64 = torch.from_numpy(x.transpose(0, 3, 1, 2)).double()
   with torch.no_grad():
