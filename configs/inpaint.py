@@ -72,7 +72,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       generator=dict(width=64, num_res_blocks=7, dilation=2),
       discriminator=dict(width=64),
-      attention_impl="auto",  # auto | xla | cudnn
+      # auto | xla | chunked (no N x N matrix kept: TPU) | cudnn (GPU)
+      attention_impl="auto",
+      # Rematerialisation (jax.checkpoint) of every conv stage, residual
+      # block and attention of G, D and the VGG loss network, under a named
+      # policy: none | dots_saveable | dots_with_no_batch_dims_saveable |
+      # nothing_saveable. Trades compute for memory (docs/PERFORMANCE.md).
+      remat="none",
+      # The decoder's 2x upsampling: subpixel (four 2x2 convolutions in one;
+      # fast gradients everywhere) | dilated (a convolution of the
+      # zero-dilated input; its kernel gradient is slow on XLA:CPU).
+      conv_transpose="subpixel",
   ))
 
   c.losses = ml_collections.ConfigDict(dict(

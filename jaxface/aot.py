@@ -61,6 +61,7 @@ What the figures are (all from the compiled executable, nothing is run):
 """
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import resource
@@ -98,19 +99,26 @@ COLUMNS = ("batch", "batch/dev", "args_MiB", "out_MiB", "alias_MiB",
            "temp_MiB", "code_MiB", "total_MiB", "%HBM", "GFLOP/dev",
            "GFLOP/img", "est_ms", "img/s/chip", "compile_s")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/inpaint.py", "Experiment config (configs/*.py[:args]).",
-    lock_config=True)
-_TOPOLOGY = flags.DEFINE_string(
-    "topology", "cpu", "Compile target: a TPU topology in chips such as "
-    f"{', '.join(EXAMPLES[1:])}, or cpu (the local CPU devices).")
-_BATCH_SIZES = flags.DEFINE_list(
-    "batch_sizes", [], "Global batch sizes (default: config.train.batch_size).")
-_DTYPE = flags.DEFINE_enum(
-    "dtype", None, sorted(config_utils.DTYPES),
-    "config.compute_dtype (default: the config's).")
-_CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 1, "--topology=cpu: how many CPU devices to compile for.")
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  """The command's flags, defined only when it runs as a command (importing
+  this module next to another command's module defines no clashing flags)."""
+  return dict(
+      config=config_flags.DEFINE_config_file(
+          "config", "configs/inpaint.py",
+          "Experiment config (configs/*.py[:args]).", lock_config=True),
+      topology=flags.DEFINE_string(
+          "topology", "cpu", "Compile target: a TPU topology in chips such as "
+          f"{', '.join(EXAMPLES[1:])}, or cpu (the local CPU devices)."),
+      batch_sizes=flags.DEFINE_list(
+          "batch_sizes", [],
+          "Global batch sizes (default: config.train.batch_size)."),
+      dtype=flags.DEFINE_enum(
+          "dtype", None, sorted(config_utils.DTYPES),
+          "config.compute_dtype (default: the config's)."),
+      cpu_devices=flags.DEFINE_integer(
+          "cpu_devices", 1,
+          "--topology=cpu: how many CPU devices to compile for."),
+  )
 
 
 class TopologyError(ValueError):
@@ -444,28 +452,30 @@ def _run_in_children() -> int | None:
   return 1
 
 
-def main(argv):
+def main(argv, flag_values: dict[str, flags.FlagHolder]):
+  """The command; `flag_values` from `_define_flags`."""
+  f = {name: holder.value for name, holder in flag_values.items()}
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging_utils.quiet_libraries()
   # Before any backend exists: run on the CPU whatever is installed, so
   # libtpu only describes and compiles for the topology.
   jax.config.update("jax_platforms", "cpu")
-  if _CPU_DEVICES.value < 1:
+  if f["cpu_devices"] < 1:
     raise app.UsageError("--cpu_devices must be >= 1")
-  jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  jax.config.update("jax_num_cpu_devices", f["cpu_devices"])
   try:
-    target = parse_topology(_TOPOLOGY.value)
+    target = parse_topology(f["topology"])
   except TopologyError as e:
     raise app.UsageError(str(e)) from None
   if target.platform == "tpu" and libtpu_available():
     code = _run_in_children()
     if code is not None:
       raise SystemExit(code)
-  config = _CONFIG.value
-  batch_sizes = _batch_sizes(_BATCH_SIZES.value, config.train.batch_size)
+  config = f["config"]
+  batch_sizes = _batch_sizes(f["batch_sizes"], config.train.batch_size)
   try:
-    rows = run(config, target, batch_sizes, _DTYPE.value)
+    rows = run(config, target, batch_sizes, f["dtype"])
   except ValueError as e:  # the topology, the config or a batch size
     raise app.UsageError(str(e)) from None
   if any(r.error for r in rows):
@@ -473,4 +483,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _flag_values = _define_flags()
+  app.run(functools.partial(main, flag_values=_flag_values))

@@ -11,6 +11,11 @@ tests and notebooks).
                            pointed at an existing workdir resumes from its
                            latest checkpoint
 
+Several processes (one per host, or several on one machine) without a
+cluster manager that JAX detects: start the same command in each with
+JAX_COORDINATOR_ADDRESS=<host of process 0>:<port>, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID (0, 1, ...); on CPUs they talk over gloo.
+
 Exit status: 0 trained to `train.num_steps`; 75 stopped by SIGTERM/SIGINT
 (preemption) after saving a checkpoint, rerun the same command to resume;
 1 failed (the message says why).
@@ -36,7 +41,9 @@ _WORKDIR = flags.DEFINE_string(
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "yes", "no"],
     "Call jax.distributed.initialize(): 'auto' does so when a multi-process "
-    "launch is detected (TPU pod slice, SLURM, or JAX_COORDINATOR_ADDRESS).")
+    "launch is detected (TPU pod slice, SLURM, or JAX_COORDINATOR_ADDRESS; "
+    "with the latter, JAX_NUM_PROCESSES and JAX_PROCESS_ID name the "
+    "processes where no cluster manager does).")
 
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Also show the INFO logs of orbax, grain and JAX.")
@@ -53,6 +60,22 @@ def _multi_process_launch() -> bool:
           or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
+def _distributed_args() -> dict[str, int]:
+  """`num_processes` and `process_id` from JAX_NUM_PROCESSES/JAX_PROCESS_ID.
+
+  JAX reads the coordinator from JAX_COORDINATOR_ADDRESS, but the number of
+  processes and the id of this one only from a cluster manager it detects
+  (SLURM, Open MPI, Kubernetes, TPU VMs): without one, `initialize()` fails
+  unless they are given. Set, they override what JAX detects.
+  """
+  env = os.environ
+  names = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+  try:
+    return {arg: int(env[name]) for arg, name in names.items() if name in env}
+  except ValueError as e:
+    raise app.UsageError(f"JAX_NUM_PROCESSES / JAX_PROCESS_ID: {e}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -60,7 +83,7 @@ def main(argv):
     logging_utils.quiet_libraries()
   if _DISTRIBUTED.value == "yes" or (_DISTRIBUTED.value == "auto"
                                      and _multi_process_launch()):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_distributed_args())
   logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s",
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),

@@ -41,7 +41,7 @@ _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"],
                             "Compute dtypes.")
 _ATTENTION = flags.DEFINE_list(
     "attention", [], "Tasks with config.model.attention_impl: the "
-    "implementations to compare (auto, xla, "
+    "implementations to compare (auto, xla, chunked, "
     "cudnn); default: the config's.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")

@@ -14,8 +14,12 @@ gamma and alpha start at 0, so the layer starts as the identity (plus the
 ResBlock). Both attention products share one softmax, so they are computed
 as a single attention with the value [x, pre].
 
-Two implementations compute the same numbers:
+Three implementations compute the same numbers:
 * "xla": the N x N score matrix is materialised, softmax in float32;
+* "chunked": the same in blocks of `CHUNK` queries, each block
+  rematerialised in the backward pass (`jax.checkpoint`), so only one
+  block's [CHUNK, N] scores exist at a time: the memory-bound choice on TPU
+  (256x256 input: N = 4096, a 64 MiB float32 score matrix per image);
 * "cudnn": `jax.nn.dot_product_attention` with cuDNN's fused kernel (GPU,
   bf16/fp16): the value is split into heads of size C/4 that all share the
   same query and key, so the N x N matrix never reaches memory.
@@ -57,6 +61,35 @@ def attend_xla(q: jax.Array, v: jax.Array) -> jax.Array:
                     preferred_element_type=jnp.float32).astype(v.dtype)
 
 
+# Queries per block of the "chunked" implementation.
+CHUNK = 512
+
+
+def attend_chunked(q: jax.Array, v: jax.Array, chunk: int = CHUNK
+                   ) -> jax.Array:
+  """`attend_xla` over blocks of `chunk` queries, one block at a time.
+
+  Each block's scores and softmax are recomputed in the backward pass
+  instead of being kept, so the peak is one [B, chunk, N] block rather than
+  the [B, N, N] matrix (and its softmax) for the whole map.
+  """
+  b, n, d = q.shape
+  if n <= chunk or n % chunk:
+    return attend_xla(q, v)
+
+  @jax.checkpoint
+  def block(q_block):                                # [B, chunk, D]
+    scores = jnp.einsum("bnd,bmd->bnm", q_block, q,
+                        preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("bnm,bmc->bnc", weights.astype(v.dtype), v,
+                      preferred_element_type=jnp.float32).astype(v.dtype)
+
+  blocks = q.reshape(b, n // chunk, chunk, d).swapaxes(0, 1)
+  out = jax.lax.map(block, blocks)                   # [N/chunk, B, chunk, Cv]
+  return out.swapaxes(0, 1).reshape(b, n, v.shape[-1])
+
+
 def attend_fused(q: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
   """The same product through `jax.nn.dot_product_attention`.
 
@@ -76,11 +109,14 @@ def attend_fused(q: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
   return out.reshape(b, n, cv)
 
 
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn")
+
+
 def resolve_impl(impl: str, dtype: Dtype) -> str:
   """Maps "auto" to the best implementation for this backend and dtype."""
-  if impl not in ("auto", "xla", "cudnn"):
-    raise ValueError(
-        f"attention implementation must be auto|xla|cudnn, got {impl!r}")
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be "
+                     f"{'|'.join(IMPLEMENTATIONS)}, got {impl!r}")
   if impl != "auto":
     return impl
   sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16),
@@ -117,7 +153,7 @@ class LongShortAttention(nn.Module):
   Attributes:
     long_term: build the long-term branch (generator); the discriminator uses
       only the short-term self-attention.
-    impl: "auto" | "xla" | "cudnn".
+    impl: "auto" | "xla" | "chunked" | "cudnn".
   """
   long_term: bool = True
   impl: str = "auto"
@@ -143,6 +179,8 @@ class LongShortAttention(nn.Module):
     impl = resolve_impl(self.impl, self.dtype)
     if impl == "xla":
       attended = attend_xla(q, values)
+    elif impl == "chunked":
+      attended = attend_chunked(q, values)
     else:
       attended = attend_fused(q, values, impl)
 

@@ -50,12 +50,17 @@ class Generator(nn.Module):
     num_res_blocks: dilated residual blocks in the middle (7).
     dilation: their dilation (2).
     attention_impl: see `attention.LongShortAttention`.
+    remat: a `layers.REMAT_POLICIES` name: each encoder and decoder stage,
+      residual block and the attention are rematerialised under it.
+    conv_transpose: the decoder's upsampling, see `layers.conv_transpose`.
     dtype: compute dtype.
   """
   width: int = 64
   num_res_blocks: int = 7
   dilation: int = 2
   attention_impl: str = "auto"
+  remat: str = "none"
+  conv_transpose: str = "subpixel"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -77,7 +82,9 @@ class Generator(nn.Module):
       raise ValueError(f"image size must be a multiple of 4, got {h}x{w}")
     dt = self.dtype
     c1, c2, c3 = self.width, 2 * self.width, 4 * self.width
-    norm_relu = lambda t: nn.relu(layers.instance_norm(t))
+    # A conv (or transposed conv) followed by instance norm and ReLU.
+    stage = layers.remat(lambda conv, t: nn.relu(layers.instance_norm(conv(t))),
+                         self.remat)
     mask = mask.astype(jnp.float32)
     mask_half = layers.resize_align_corners(mask, (h // 2, w // 2))
     mask_quarter = layers.resize_align_corners(mask, (h // 4, w // 4))
@@ -85,26 +92,32 @@ class Generator(nn.Module):
     x = jnp.concatenate([masked_image, landmark_map], axis=-1).astype(dt)
     # Encoder.                                        # [B, H, W, 4]
     x = layers.reflect_pad(x, 3)
-    f_e1 = norm_relu(layers.conv(c1, 7, dtype=dt, name="encoder1")(x))
-    f_e2 = norm_relu(layers.conv(c2, 4, stride=2, padding=1, dtype=dt,
-                                 name="encoder2")(f_e1))   # [B, H/2, W/2, 2c]
-    f_e3 = norm_relu(layers.conv(c3, 4, stride=2, padding=1, dtype=dt,
-                                 name="encoder3")(f_e2))   # [B, H/4, W/4, 4c]
+    f_e1 = stage(layers.conv(c1, 7, dtype=dt, name="encoder1"), x)
+    f_e2 = stage(layers.conv(c2, 4, stride=2, padding=1, dtype=dt,
+                             name="encoder2"), f_e1)   # [B, H/2, W/2, 2c]
+    f_e3 = stage(layers.conv(c3, 4, stride=2, padding=1, dtype=dt,
+                             name="encoder3"), f_e2)   # [B, H/4, W/4, 4c]
     # Dilated residual blocks.
     x = f_e3
+    block = layers.remat(ResnetBlock, self.remat)
     for i in range(self.num_res_blocks):
-      x = ResnetBlock(self.dilation, dtype=dt, name=f"middle_{i}")(x)
+      x = block(self.dilation, dtype=dt, name=f"middle_{i}")(x)
     # Long+short-term attention against the encoder feature at 1/4 size.
-    x = attention.LongShortAttention(
-        long_term=True, impl=self.attention_impl, dtype=dt, name="auto_attn")(
-            x, f_e3, mask_quarter, update_stats=update_stats)
+    attn = layers.remat(
+        lambda m, x, pre, mask: m(x, pre, mask, update_stats=update_stats),
+        self.remat)
+    x = attn(attention.LongShortAttention(
+        long_term=True, impl=self.attention_impl, dtype=dt, name="auto_attn"),
+             x, f_e3, mask_quarter)
     # Decoder with masked 1x1 fusion of the encoder features.
-    x = norm_relu(layers.conv_transpose(c2, dtype=dt, name="decoder1")(x))
+    x = stage(layers.conv_transpose(c2, impl=self.conv_transpose, dtype=dt,
+                                    name="decoder1"), x)
     x = jnp.concatenate([f_e2 * (1 - mask_half).astype(dt), x], axis=-1)
-    x = norm_relu(layers.conv(2 * c2, 1, dtype=dt, name="fushion1")(x))
-    x = norm_relu(layers.conv_transpose(c1, dtype=dt, name="decoder2")(x))
+    x = stage(layers.conv(2 * c2, 1, dtype=dt, name="fushion1"), x)
+    x = stage(layers.conv_transpose(c1, impl=self.conv_transpose, dtype=dt,
+                                    name="decoder2"), x)
     x = jnp.concatenate([f_e1 * (1 - mask).astype(dt), x], axis=-1)
-    x = norm_relu(layers.conv(2 * c1, 1, dtype=dt, name="fushion2")(x))
+    x = stage(layers.conv(2 * c1, 1, dtype=dt, name="fushion2"), x)
     x = layers.reflect_pad(x, 3)
     x = layers.conv(3, 7, dtype=dt, name="decoder3")(x)
     return (jnp.tanh(x.astype(jnp.float32)) + 1) / 2
@@ -118,6 +131,7 @@ class Discriminator(nn.Module):
   """
   width: int = 64
   attention_impl: str = "auto"
+  remat: str = "none"  # a layers.REMAT_POLICIES name, per layer
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -127,17 +141,22 @@ class Discriminator(nn.Module):
     dt, c = self.dtype, self.width
     x = jnp.concatenate([image, landmark_map], axis=-1).astype(dt)
 
-    def sn_conv(x, features, stride, name):
+    def sn_conv(features, stride, name):
       return layers.SpectralConv(features, 4, stride=stride, padding=1,
-                                 dtype=dt, name=name)(
-                                     x, update_stats=update_stats)
+                                 dtype=dt, name=name)
 
-    x = nn.leaky_relu(sn_conv(x, c, 2, "conv1"), 0.2)
-    x = nn.leaky_relu(sn_conv(x, 2 * c, 2, "conv2"), 0.2)
-    x = attention.LongShortAttention(
-        long_term=False, impl=self.attention_impl, dtype=dt, name="auto_attn")(
-            x, update_stats=update_stats)
-    x = nn.leaky_relu(sn_conv(x, 4 * c, 2, "conv3"), 0.2)
-    x = nn.leaky_relu(sn_conv(x, 8 * c, 1, "conv4"), 0.2)
-    x = sn_conv(x, 1, 1, "conv5")
+    # A spectral-norm conv followed by leaky ReLU.
+    stage = layers.remat(
+        lambda conv, t: nn.leaky_relu(conv(t, update_stats=update_stats), 0.2),
+        self.remat)
+    attn = layers.remat(lambda m, t: m(t, update_stats=update_stats),
+                        self.remat)
+    x = stage(sn_conv(c, 2, "conv1"), x)
+    x = stage(sn_conv(2 * c, 2, "conv2"), x)
+    x = attn(attention.LongShortAttention(
+        long_term=False, impl=self.attention_impl, dtype=dt, name="auto_attn"),
+             x)
+    x = stage(sn_conv(4 * c, 2, "conv3"), x)
+    x = stage(sn_conv(8 * c, 1, "conv4"), x)
+    x = sn_conv(1, 1, "conv5")(x, update_stats=update_stats)
     return jax.nn.sigmoid(x.astype(jnp.float32))

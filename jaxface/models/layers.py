@@ -22,6 +22,30 @@ default_kernel_init = nn.initializers.normal(stddev=0.02)
 SPECTRAL_STATS = "spectral_norm_stats"
 
 
+# Named `jax.checkpoint_policies` a network's `remat` attribute may take:
+# what each rematerialised block keeps for the backward pass ("none": no
+# rematerialisation, everything is kept).
+REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "nothing_saveable")
+
+
+def remat(target: Any, policy: str) -> Any:
+  """`nn.remat(target)` under the named policy; `target` itself for "none".
+
+  `target` is a Module class or a function whose first argument is a Module
+  (e.g. `lambda conv, x: nn.relu(conv(x))`); parameter names are unchanged.
+  Within a block, "dots_saveable" keeps the convolutions' and matrix
+  products' outputs and recomputes the rest (norms, activations, padding);
+  "nothing_saveable" keeps only the block's inputs.
+  """
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy must be one of {REMAT_POLICIES}, got "
+                     f"{policy!r}")
+  if policy == "none":
+    return target
+  return nn.remat(target, policy=getattr(jax.checkpoint_policies, policy))
+
+
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
   """Reflection padding of the two spatial axes of an NHWC tensor."""
   if pad == 0:
@@ -104,10 +128,33 @@ class ConvTranspose(nn.Module):
     return y + bias.astype(self.dtype)
 
 
-def conv_transpose(features: int, *, dtype: Dtype = jnp.float32,
-                   name: str | None = None) -> ConvTranspose:
-  """PyTorch `ConvTranspose2d(k=4, s=2, p=1)`; see `ConvTranspose`."""
-  return ConvTranspose(features, dtype=dtype, name=name)
+CONV_TRANSPOSE_IMPLS = ("subpixel", "dilated")
+
+
+def conv_transpose(features: int, *, impl: str = "subpixel",
+                   dtype: Dtype = jnp.float32,
+                   name: str | None = None) -> nn.Module:
+  """PyTorch `ConvTranspose2d(k=4, s=2, p=1)`, the same parameters either way.
+
+  Args:
+    features: output channels.
+    impl: "subpixel" (`ConvTranspose`) or "dilated": flax's
+      `ConvTranspose`, a convolution of the zero-dilated input (its kernel
+      gradient is the slow one on XLA:CPU; GPU libraries have native
+      kernels for it).
+    dtype: compute dtype.
+    name: the module name.
+  """
+  if impl == "subpixel":
+    return ConvTranspose(features, dtype=dtype, name=name)
+  if impl == "dilated":
+    # transpose_kernel=True: kernel (kh, kw, out, in); padding k - 1 - p.
+    return nn.ConvTranspose(
+        features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+        transpose_kernel=True, dtype=dtype, kernel_init=default_kernel_init,
+        name=name)
+  raise ValueError(f"conv_transpose impl must be one of "
+                   f"{CONV_TRANSPOSE_IMPLS}, got {impl!r}")
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxface.models import layers as layers_lib
+
 # (block, number of convs, channels) of VGG-19; a max-pool follows each block
 # except the last (torchvision's final pool is never needed by a loss).
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
@@ -61,6 +63,8 @@ class VGG19(nn.Module):
     width: channels of the first block (64 = VGG-19; pretrained weights need
       64). The other blocks scale with it. Smaller widths are only for smoke
       tests with random loss-network weights.
+    remat: a `jaxface.models.layers.REMAT_POLICIES` name under which each
+      conv + ReLU is rematerialised in a backward pass ("none": not).
     dtype: compute dtype (e.g. `jnp.bfloat16`); outputs come back in it.
     param_dtype: dtype of the parameters.
   """
@@ -68,6 +72,7 @@ class VGG19(nn.Module):
   last_layer: str = 'relu5_2'
   imagenet_normalize: bool = False
   width: int = 64
+  remat: str = 'none'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -95,6 +100,7 @@ class VGG19(nn.Module):
           IMAGENET_STD, x.dtype)
     x = x.astype(self.dtype)
     wanted = set(self.outputs)
+    conv_relu = layers_lib.remat(lambda conv, t: nn.relu(conv(t)), self.remat)
     out = {}
     block = 1
     for layer in layers:
@@ -103,11 +109,10 @@ class VGG19(nn.Module):
         # [B, H, W, C] -> [B, H // 2, W // 2, C]
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
         block = layer_block
-      x = nn.Conv(
+      x = conv_relu(nn.Conv(
           CHANNELS[layer] * self.width // 64, (3, 3), padding=((1, 1), (1, 1)),
           dtype=self.dtype, param_dtype=self.param_dtype,
-          name=conv_name(layer))(x)
-      x = nn.relu(x)
+          name=conv_name(layer)), x)
       if layer in wanted:
         out[layer] = x
     return {name: out[name] for name in self.outputs}

@@ -27,6 +27,7 @@ from absl import logging
 from jaxface import config_utils
 from jaxface import losses
 from jaxface import metrics
+from jaxface import sharding
 from jaxface import visualize
 from jaxface.data import examples
 from jaxface.data import schema
@@ -69,9 +70,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.data.image_size >= 24, "data.image_size",
         config.data.image_size,
         ">= 24 (the discriminator needs 24 px for one 1x1 patch)")
-  check(config.model.attention_impl in ("auto", "xla", "cudnn"),
+  check(config.model.attention_impl in attention.IMPLEMENTATIONS,
         "model.attention_impl", config.model.attention_impl,
-        "auto | xla | cudnn")
+        " | ".join(attention.IMPLEMENTATIONS))
+  check(config.model.remat in layers.REMAT_POLICIES, "model.remat",
+        config.model.remat, " | ".join(layers.REMAT_POLICIES))
+  check(config.model.conv_transpose in layers.CONV_TRANSPOSE_IMPLS,
+        "model.conv_transpose", config.model.conv_transpose,
+        " | ".join(layers.CONV_TRANSPOSE_IMPLS))
   for key in ("l1", "perceptual", "style", "tv", "adversarial"):
     check(config.losses[key] >= 0, f"losses.{key}", config.losses[key],
           ">= 0")
@@ -110,10 +116,12 @@ class InpaintTask(task_lib.Task):
     g, d = config.model.generator, config.model.discriminator
     self.generator = inpaint.Generator(
         width=g.width, num_res_blocks=g.num_res_blocks, dilation=g.dilation,
-        attention_impl=config.model.attention_impl, dtype=dtype)
+        attention_impl=config.model.attention_impl,
+        remat=config.model.remat, conv_transpose=config.model.conv_transpose,
+        dtype=dtype)
     self.discriminator = inpaint.Discriminator(
         width=d.width, attention_impl=config.model.attention_impl,
-        dtype=dtype)
+        remat=config.model.remat, dtype=dtype)
     self.perceptual_layers = tuple(config.losses.perceptual_layers)
     self.style_layers = tuple(config.losses.style_layers)
     vgg_outputs = tuple(dict.fromkeys(self.perceptual_layers
@@ -122,7 +130,7 @@ class InpaintTask(task_lib.Task):
         outputs=vgg_outputs,
         last_layer=max(vgg_outputs, key=vgg.LAYERS.index),
         imagenet_normalize=config.losses.vgg_imagenet_normalize,
-        width=config.losses.vgg_width, dtype=dtype)
+        width=config.losses.vgg_width, remat=config.model.remat, dtype=dtype)
     o = config.optim
     self.g_tx = optax.adam(o.g_lr, b1=o.b1, b2=o.b2)
     self.d_tx = optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
@@ -184,6 +192,11 @@ class InpaintTask(task_lib.Task):
     image, mask, lmap, masked = self._inputs(batch)
     b = image.shape[0]
 
+    # With FSDP, both networks' parameters are gathered where used and
+    # their gradients summed whole; the optimisers update the shards
+    # (`sharding.gathered` says why). No-ops without FSDP.
+    g_params, d_params = sharding.gathered((state.g_params, state.d_params))
+
     # 1. Generator forward, keeping the VJP for the update in step 4.
     def generate(g_params):
       out, updates = self.generator.apply(
@@ -191,7 +204,7 @@ class InpaintTask(task_lib.Task):
           update_stats=True, mutable=[SN])
       return out, updates[SN]
 
-    fake, g_vjp, g_stats = jax.vjp(generate, state.g_params, has_aux=True)
+    fake, g_vjp, g_stats = jax.vjp(generate, g_params, has_aux=True)
 
     # 2. Discriminator update on real and the detached fake, in one batch.
     d_images = jnp.concatenate([image, jax.lax.stop_gradient(fake)])
@@ -206,7 +219,7 @@ class InpaintTask(task_lib.Task):
       return loss, (updates[SN], jnp.mean(real_prob), jnp.mean(fake_prob))
 
     (d_loss, (d_stats, d_real, d_fake)), d_grads = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(state.d_params)
+        d_loss_fn, has_aux=True)(d_params)
 
     # 3. Generator loss as a function of G's output only. D's parameters are
     # the pre-update ones and enter as constants: no weight gradients.
@@ -222,7 +235,7 @@ class InpaintTask(task_lib.Task):
         tgt_full[k], tgt_hole[k] = split(target_feats[k])
       composite = out * mask + image * (1 - mask)
       fake_prob = self.discriminator.apply(
-          {"params": state.d_params, SN: d_stats}, out, lmap,
+          {"params": d_params, SN: d_stats}, out, lmap,
           update_stats=False)
       terms = {
           "l1": losses.hole_l1(out, image, mask),
@@ -240,6 +253,7 @@ class InpaintTask(task_lib.Task):
 
     # 4. Pull the output gradient back into G's parameters.
     (g_grads,) = g_vjp(out_grad)
+    g_grads, d_grads = sharding.gathered((g_grads, d_grads))
 
     g_updates, g_opt = self.g_tx.update(g_grads, state.g_opt, state.g_params)
     d_updates, d_opt = self.d_tx.update(d_grads, state.d_opt, state.d_params)

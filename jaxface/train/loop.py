@@ -215,6 +215,35 @@ class Setup:
                                        sharding=self.replicated),
         jax.eval_shape(self.task.constants))
 
+  def describe(self) -> str:
+    """One line: the mesh, the batch sizes and how the state is split.
+
+    Global, per-process and per-device batch for training and evaluation;
+    the state's values (parameters, optimiser moments, ...) sharded over
+    `fsdp` and replicated, and the bytes of the state each device holds.
+    """
+    mesh = self.mesh
+    devices = mesh.devices.size
+    processes = len({d.process_index for d in mesh.devices.flat})
+    batches = ", ".join(
+        f"{name} {size} global = {local}/process = {size // devices}/device"
+        for name, size, local in (
+            ("train", self.config.train.batch_size, self.train_batch_size),
+            ("eval", self.config.eval.batch_size, self.eval_batch_size)))
+    values, arrays, held = [0, 0], [0, 0], 0
+    for x in jax.tree.leaves(self.abstract_state):
+      replicated = int(x.sharding.is_fully_replicated)
+      values[replicated] += x.size
+      arrays[replicated] += 1
+      held += (int(np.prod(x.sharding.shard_shape(x.shape)))
+               * np.dtype(x.dtype).itemsize)
+    return (f"Mesh {' x '.join(f'{k}={v}' for k, v in mesh.shape.items())} "
+            f"over {devices} {mesh.devices.flat[0].platform} device(s), "
+            f"{processes} process(es). Batch: {batches}. State: "
+            f"{values[0]:,} values in {arrays[0]} arrays sharded over fsdp, "
+            f"{values[1]:,} in {arrays[1]} replicated; "
+            f"{held / 2**20:.2f} MiB per device.")
+
 
 def step_rng(seed: int, step: jax.Array) -> jax.Array:
   """The rng a task's `train_step` gets at `step` (0 for the first)."""
@@ -242,7 +271,10 @@ def build(config: ml_collections.ConfigDict,
   seed = config.seed
 
   def train_step(state, batch, consts):
-    return task.train_step(state, batch, consts, step_rng(seed, state.step))
+    # Under the mesh, so that the task's `sharding.gathered` applies.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return task.train_step(state, batch, consts,
+                             step_rng(seed, state.step))
 
   return Setup(
       config=config, task=task, mesh=mesh, data_sharding=data_sh,
@@ -333,10 +365,7 @@ def _train(setup: Setup, workdir: str) -> Any:
   config, task, tc = setup.config, setup.task, setup.config.train
   process_index, process_count = jax.process_index(), jax.process_count()
   is_primary = process_index == 0
-  mesh = setup.mesh
-  logging.info("Mesh %s over %d devices (%s); %d process(es).",
-               dict(mesh.shape), mesh.devices.size,
-               mesh.devices.flat[0].platform, process_count)
+  logging.info("%s", setup.describe())
 
   # ------------------------------------------------------------------ data
   def make_train_iter():

@@ -21,7 +21,9 @@ task; the registry (`jaxface.tasks`) maps `config.task` to the class.
                        on-device augmentation are reproducible and exact
                        on resume; `metrics` are scalars and include
                        `finite` (a bool: losses, gradients and new
-                       parameters are all finite; see `all_finite`)
+                       parameters are all finite; see `all_finite`);
+                       traced under the mesh: with FSDP, pass parameters
+                       and gradients through `jaxface.sharding.gathered`
   eval_step(state, batch, consts) -> {name: [B] values}
                        per-example metrics of a held-out batch (include
                        `gender` for the per-gender summary)

@@ -94,19 +94,21 @@ def test_resize_align_corners_against_torch():
   numerics.assert_within(y, ref, 2 * bound, "resize vs torch")
 
 
-def test_conv_transpose_doubles_and_matches_torch():
+@pytest.mark.parametrize("impl", layers.CONV_TRANSPOSE_IMPLS)
+def test_conv_transpose_doubles_and_matches_torch(impl):
   torch = pytest.importorskip("torch")
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 6, 6, 5)).astype(np.float32)
   t = torch.nn.ConvTranspose2d(5, 3, 4, 2, 1)
-  module = layers.conv_transpose(3)
+  module = layers.conv_transpose(3, impl=impl)
   params = {"kernel": t.weight.detach().numpy().transpose(2, 3, 1, 0),
             "bias": t.bias.detach().numpy()}
   y = np.asarray(module.apply({"params": params}, jnp.asarray(x)))
   assert y.shape == (2, 12, 12, 3)
   # torch's layer in float64, and the same layer on |x|, |W|, |b| for the
-  # sum of |terms|. JAX runs it in sub-pixel form: 2 x 2 x 5 products and
-  # the bias per output, within the bound of the 4 x 4 x 5 + 1 terms.
+  # sum of |terms|. Sub-pixel form: 2 x 2 x 5 products and the bias per
+  # output; dilated: a 4 x 4 conv of the dilated input (the zeros exact);
+  # both within the bound of 4 x 4 x 5 + 1 terms.
   t64 = t.double()
   x64 = torch.from_numpy(x.transpose(0, 3, 1, 2)).double()
   with torch.no_grad():
