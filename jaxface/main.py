@@ -9,7 +9,8 @@ tests and notebooks).
   --config.<key>=<value>   override any field, e.g. --config.train.batch_size=32
   --workdir                checkpoints, TensorBoard events and samples; a run
                            pointed at an existing workdir resumes from its
-                           latest checkpoint
+                           latest checkpoint. A local path or gs://BUCKET/DIR
+                           (needs the gcs extra)
 
 Several processes (one per host, or several on one machine) without a
 cluster manager that JAX detects: start the same command in each with

@@ -37,11 +37,13 @@ import time
 from absl import app
 from absl import flags
 
+from jaxface import fileio
 from jaxface import logging_utils
 
 _CONFIG = flags.DEFINE_string(
     "config", "configs/inpaint.py:tiny", "Config file (as for jaxface.main).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where both runs go.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/soak",
+                               "Where both runs go (a local directory).")
 _MINUTES = flags.DEFINE_float("minutes", 30.0, "How long to kill and damage.")
 _KILLS = flags.DEFINE_integer(
     "kills", 0, "Stop killing after this many kills (0: only --minutes "
@@ -191,6 +193,10 @@ def final_digest(workdir: str) -> tuple[int | None, str]:
 def main(argv):
   del argv
   logging_utils.quiet_libraries()
+  if not fileio.is_local(_WORKDIR.value):
+    # It kills processes and damages their checkpoint files in place.
+    raise app.UsageError(f"--workdir={_WORKDIR.value}: the soak test needs "
+                         "a local directory.")
   root = os.path.abspath(_WORKDIR.value)
   reference, soak = os.path.join(root, "reference"), os.path.join(root,
                                                                   "soak")

@@ -6,11 +6,13 @@ NumPy on the host; pass device arrays through `jax.device_get` (or
 `np.asarray`) first.
 """
 
+import io
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from jaxface import fileio
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -161,13 +163,14 @@ def draw_points(image: np.ndarray,
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes an image as PNG atomically (temporary file + `os.replace`).
+  """Writes an image as PNG atomically (`fileio.write_atomic`).
 
   Readers never see a partial file, and an interrupted write leaves any
-  previous file in place. Local paths only.
+  previous file in place.
 
   Args:
-    path: Destination; missing parent directories are created.
+    path: Destination, a local path or a URL (`gs://`); missing parent
+      directories are created.
     image: `[H, W]` or `[H, W, C]` with C in (1, 3, 4); uint8, or float in
       [0, 1].
   """
@@ -179,20 +182,6 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     arr = arr[..., 0]
   if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
     raise ValueError(f"expected [H, W] or [H, W, C] image, got {arr.shape}")
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-      dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
-    # mkstemp creates the file private (0600); give it the usual mode.
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    raise
+  png = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(arr)).save(png, format="PNG")
+  fileio.write_atomic(fileio.as_path(path), png.getvalue())

@@ -99,6 +99,22 @@ class GANState:
   d_opt: Any
 
 
+def _pair(a: jax.Array, b: jax.Array) -> jax.Array:
+  """[B, ...] and [B, ...] -> [2B, ...] with a[i], b[i] at rows 2i, 2i + 1.
+
+  Interleaved rather than concatenated: with the batch split over devices,
+  each device's rows of the pair stay on that device (a concatenation
+  would move half the rows of every activation between devices).
+  """
+  return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def _unpair(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The inverse of `_pair`."""
+  x = x.reshape((x.shape[0] // 2, 2) + x.shape[1:])
+  return x[:, 0], x[:, 1]
+
+
 class InpaintTask(task_lib.Task):
   """Builds the networks from a config and provides the pure step functions.
 
@@ -190,7 +206,6 @@ class InpaintTask(task_lib.Task):
     del rng  # deterministic: no dropout, no on-device augmentation
     cfg = self.config.losses
     image, mask, lmap, masked = self._inputs(batch)
-    b = image.shape[0]
 
     # With FSDP, both networks' parameters are gathered where used and
     # their gradients summed whole; the optimisers update the shards
@@ -207,14 +222,14 @@ class InpaintTask(task_lib.Task):
     fake, g_vjp, g_stats = jax.vjp(generate, g_params, has_aux=True)
 
     # 2. Discriminator update on real and the detached fake, in one batch.
-    d_images = jnp.concatenate([image, jax.lax.stop_gradient(fake)])
-    d_lmaps = jnp.concatenate([lmap, lmap])
+    d_images = _pair(image, jax.lax.stop_gradient(fake))
+    d_lmaps = _pair(lmap, lmap)
 
     def d_loss_fn(d_params):
       probs, updates = self.discriminator.apply(
           {"params": d_params, SN: state.d_stats}, d_images, d_lmaps,
           update_stats=True, mutable=[SN])
-      real_prob, fake_prob = probs[:b], probs[b:]
+      real_prob, fake_prob = _unpair(probs)
       loss = losses.lsgan_discriminator(real_prob, fake_prob)
       return loss, (updates[SN], jnp.mean(real_prob), jnp.mean(fake_prob))
 
@@ -223,11 +238,11 @@ class InpaintTask(task_lib.Task):
 
     # 3. Generator loss as a function of G's output only. D's parameters are
     # the pre-update ones and enter as constants: no weight gradients.
-    target_feats = self._vgg(consts, jnp.concatenate([image, image * mask]))
+    target_feats = self._vgg(consts, _pair(image, image * mask))
 
     def g_loss_fn(out):
-      out_feats = self._vgg(consts, jnp.concatenate([out, out * mask]))
-      split = lambda f: (f[:b], f[b:])
+      out_feats = self._vgg(consts, _pair(out, out * mask))
+      split = _unpair
       out_full, out_hole = {}, {}
       tgt_full, tgt_hole = {}, {}
       for k in out_feats:

@@ -18,7 +18,10 @@ state (other shapes or keys) is not damaged but foreign: it is refused
 Retention: the newest `max_to_keep` checkpoints, plus every step that is a
 multiple of `keep_every` (when set) for good.
 
-`WorkdirLock` keeps two runs out of one workdir.
+`WorkdirLock` keeps two runs out of one workdir (on a local file system).
+
+The workdir may be a local path or a `gs://` URL: every path goes through
+`jaxface.fileio` (`etils.epath`).
 """
 
 import datetime
@@ -26,7 +29,6 @@ import fcntl
 import functools
 import json
 import os
-import shutil
 import socket
 from typing import Any, Callable
 
@@ -37,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxface import fileio
 
 STATE, DATA, CHECKSUMS = "state", "data", "checksums"
 LOCK_FILE = "lock"
@@ -68,7 +72,7 @@ def make_manager(workdir: str, *, max_to_keep: int, keep_every: int = 0,
   # Handlers named up front, so that a new manager (a restarted run) can read
   # a checkpoint's metadata before restoring it.
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+      fileio.as_path(workdir) / "checkpoints", options=options,
       item_handlers={STATE: ocp.StandardCheckpointHandler(),
                      DATA: grain.checkpoint.CheckpointHandler(),
                      CHECKSUMS: ocp.JsonCheckpointHandler()})
@@ -235,13 +239,11 @@ def mismatches(manager: ocp.CheckpointManager, step: int,
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves a damaged step aside (out of the manager's view)."""
-  root = os.fspath(manager.directory)
-  target = os.path.join(os.path.dirname(root), DAMAGED_DIR,
-                        f"{step}-{_timestamp()}")
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  shutil.move(os.path.join(root, str(step)), target)
+  root = epath.Path(manager.directory)
+  target = root.parent / DAMAGED_DIR / f"{step}-{_timestamp()}"
+  fileio.move_tree(root / str(step), target)
   manager.reload()
-  return target
+  return os.fspath(target)
 
 
 def restore_latest(
@@ -298,14 +300,10 @@ def write_config(workdir: str, config_json: str, step: int) -> None:
   Called once the state is restored (or initialised), so a refused start
   leaves the workdir's config as it was.
   """
-  for path in (os.path.join(workdir, "config.json"),
-               os.path.join(workdir, "starts",
-                            f"{_timestamp()}-step{step}.json")):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config_json)
-    os.replace(tmp, path)
+  root = fileio.as_path(workdir)
+  for path in (root / "config.json",
+               root / "starts" / f"{_timestamp()}-step{step}.json"):
+    fileio.write_atomic(path, config_json)
 
 
 class WorkdirLock:
@@ -315,7 +313,8 @@ class WorkdirLock:
   the holding process dies however it dies, so a lock left by a killed run
   is recovered by the next start; the file names its holder (host, pid,
   start time) for the message a second run prints. Local file systems only:
-  other paths (gs://) are not locked.
+  a bucket has no such lock, so a `gs://` workdir is not locked (a warning
+  says so) and nothing keeps a second run out of it.
   """
 
   def __init__(self, workdir: str):
@@ -324,7 +323,11 @@ class WorkdirLock:
 
   def acquire(self) -> "WorkdirLock":
     """Takes the lock or raises `WorkdirLockedError` naming the holder."""
-    if "://" in self.path:
+    if not fileio.is_local(self.path):
+      logging.warning(
+          "%s is not on a local file system: no workdir lock is taken, so "
+          "nothing keeps a second run out of it; make sure only one run "
+          "uses it.", os.path.dirname(self.path))
       return self
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -19,7 +19,6 @@ and 1 (failed): rerunning the same command resumes.
 
 import dataclasses
 import json
-import os
 import signal
 import threading
 from typing import Any, Callable, Sequence
@@ -31,6 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxface import fileio
 from jaxface import sharding
 from jaxface import tasks
 from jaxface import visualize
@@ -309,7 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Args:
     config: the experiment config.
-    workdir: checkpoints, TensorBoard events, samples and config.json go here.
+    workdir: checkpoints, TensorBoard events, samples and config.json go
+      here: a local path or a `gs://` URL.
     devices: devices of the mesh (default: all).
 
   Returns:
@@ -318,9 +319,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     Preempted: stopped by SIGTERM/SIGINT (or a preemption notice) after
       saving a checkpoint.
+    ValueError, ImportError: a workdir URL that cannot be used (see
+      `fileio.check_workdir`), before anything is written.
   """
+  fileio.check_workdir(workdir)
   setup = build(config, devices)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.as_path(workdir).mkdir(parents=True, exist_ok=True)
   # One run per workdir: the primary process holds the lock for the run.
   lock = checkpoint.WorkdirLock(workdir)
   if jax.process_index() == 0:
@@ -340,8 +344,8 @@ def _describe_mismatch(workdir: str, config: ml_collections.ConfigDict
     text = (f"{workdir}: the checkpoint of step {step} holds another model "
             f"than this config builds: {'; '.join(problems[:3])}{more}.")
     try:
-      with open(os.path.join(workdir, "config.json")) as f:
-        saved = writers.flatten(json.load(f))
+      saved = writers.flatten(json.loads(
+          (fileio.as_path(workdir) / "config.json").read_text()))
     except (OSError, ValueError):
       saved = None
     if saved is not None:
@@ -417,8 +421,8 @@ def _train(setup: Setup, workdir: str) -> Any:
     columns = {k: v[:local] for k, v in columns.items()}
     grid = task.sample_grid(columns, sample_batch)
     writer.write_images(step, {"samples": grid[None]})
-    visualize.write_png(os.path.join(workdir, "samples", f"{step:08d}.png"),
-                        grid)
+    visualize.write_png(
+        fileio.as_path(workdir) / "samples" / f"{step:08d}.png", grid)
 
   def run_eval(step):
     with timer.timed("eval"):
@@ -484,7 +488,10 @@ def _train(setup: Setup, workdir: str) -> Any:
   finally:
     watcher.close()
     manager.wait_until_finished()
-    writer.flush()
+    # Closed, not only flushed: tensorboardX's flush leaves the events still
+    # in its queue behind, and an event file in a bucket is uploaded whole
+    # at each flush and at close.
+    writer.close()
     if hasattr(train_iter, "close"):
       train_iter.close()  # stops grain worker processes
   if preempted:

@@ -3,6 +3,8 @@
 `create_writer` returns a clu `MetricWriter`: on the primary process it logs
 every value and writes TensorBoard event files through `tensorboardX`; on
 the others it only logs. (`jaxface.visualize.write_png` saves PNG files.)
+Event files in a bucket (`gs://`) are written through `etils.epath`, like
+the rest of a workdir (see `_BucketEventFile`).
 
 Import this module before anything else imports `clu.metric_writers`: see
 `_install_summary_writer_stub`.
@@ -10,13 +12,18 @@ Import this module before anything else imports `clu.metric_writers`: see
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
 from absl import logging
+from etils import epath
 import numpy as np
 
+from jaxface import fileio
 from jaxface import visualize
 
 _STUB_NAME = "clu.metric_writers.summary_writer"
@@ -67,6 +74,7 @@ from clu.metric_writers import interface
 from clu.metric_writers import logging_writer
 from clu.metric_writers import multi_writer
 import tensorboardX
+from tensorboardX import record_writer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 Array = interface.Array
@@ -108,6 +116,84 @@ def _as_hwc_batch(image: Array) -> np.ndarray:
   return visualize.to_uint8(arr)
 
 
+class _BucketEventFile:
+  """An event file in a bucket, written through `etils.epath`.
+
+  tensorboardX appends to an open file and flushes it now and then; an
+  object in a bucket cannot be appended to. The records are kept in a local
+  temporary file and the whole object is uploaded again at each flush that
+  has something new (as TensorFlow's gfile does for GCS), so TensorBoard
+  sees everything up to the last flush.
+  """
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    self._local = tempfile.TemporaryFile()
+    self._uploaded = -1  # bytes in the object; -1: none yet
+    self._lock = threading.Lock()
+    # The file exists from the start, as a local one does, and a bucket that
+    # cannot be written to stops the run now.
+    self._upload()
+
+  def write(self, data: bytes) -> None:
+    with self._lock:
+      self._local.write(data)
+
+  def flush(self) -> None:
+    try:
+      self._upload()
+    except Exception as e:  # pylint: disable=broad-except
+      # Often in tensorboardX's flushing thread; a passing failure of the
+      # bucket stops neither the run nor later uploads.
+      logging.warning("TensorBoard events not uploaded to %s (tried again "
+                      "at the next flush): %s: %s", self._path,
+                      type(e).__name__, e)
+
+  def _upload(self) -> None:
+    with self._lock:
+      if self._local.closed:
+        return
+      size = self._local.tell()
+      if size == self._uploaded:
+        return
+      self._local.seek(0)
+      try:
+        with self._path.open("wb") as f:
+          shutil.copyfileobj(self._local, f)
+      finally:
+        self._local.seek(size)  # writes go on at the end, whatever happened
+      self._uploaded = size
+
+  def close(self) -> None:
+    self.flush()
+    with self._lock:
+      self._local.close()
+
+
+class _BucketEventFiles:
+  """tensorboardX's writer factory for logdirs `_BUCKET_PREFIX:<url>`."""
+
+  def open(self, path: str) -> _BucketEventFile:
+    return _BucketEventFile(_bucket_url(path))
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(_bucket_url(path)).mkdir(parents=True, exist_ok=True)
+
+
+# tensorboardX picks a writer factory by what comes before the first ":" of
+# an event file's path: its own for "gs" needs google-cloud-storage directly
+# and holds the whole file in memory. A prefix of jaxface's own routes the
+# URLs that `TensorBoardWriter` is given through epath, and leaves
+# tensorboardX as it was for everyone else.
+_BUCKET_PREFIX = "jaxface-epath"
+record_writer.register_writer_factory(_BUCKET_PREFIX, _BucketEventFiles())
+
+
+def _bucket_url(path: str) -> str:
+  assert path.startswith(_BUCKET_PREFIX + ":"), path
+  return path[len(_BUCKET_PREFIX) + 1:]
+
+
 class TensorBoardWriter(interface.MetricWriter):
   """Writes TensorBoard event files with `tensorboardX` (no TensorFlow).
 
@@ -126,19 +212,22 @@ class TensorBoardWriter(interface.MetricWriter):
     """Opens a new event file in `logdir`.
 
     Args:
-      logdir: Directory for the event files (created if missing).
+      logdir: Directory for the event files (created if missing): a local
+        path or a URL that `etils.epath` reaches (`gs://`).
       flush_secs: Seconds between automatic flushes.
       purge_step: When resuming at this step, TensorBoard hides events that
         an earlier run wrote for steps >= `purge_step`.
     """
+    self._logdir = os.fspath(logdir)
     self._writer = tensorboardX.SummaryWriter(
-        logdir=os.fspath(logdir), flush_secs=flush_secs,
-        purge_step=purge_step)
+        logdir=(self._logdir if fileio.is_local(self._logdir)
+                else f"{_BUCKET_PREFIX}:{self._logdir}"),
+        flush_secs=flush_secs, purge_step=purge_step)
     self._warned: set[str] = set()
 
   @property
   def logdir(self) -> str:
-    return self._writer.logdir
+    return self._logdir
 
   def _warn_once(self, what: str) -> None:
     if what not in self._warned:
