@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxface.models import layers as layers_lib
+from jax.ad_checkpoint import checkpoint_name
 
 # (block, number of convs, channels) of VGG-19; a max-pool follows each block
 # except the last (torchvision's final pool is never needed by a loss).
@@ -33,6 +33,12 @@ TORCHVISION_CONV_INDEX: dict[str, int] = dict(zip(
 DEFAULT_OUTPUTS: tuple[str, ...] = (
     'relu1_1', 'relu2_1', 'relu2_2', 'relu3_1', 'relu3_4', 'relu4_1',
     'relu4_4', 'relu5_1', 'relu5_2')
+
+# The name of each block's output (before its max-pool): under
+# `jax.checkpoint(..., policy=save_only_these_names(BLOCK_OUTPUT))` a
+# backward pass through the network keeps only these and recomputes each
+# block's convolutions from its input.
+BLOCK_OUTPUT = 'vgg_block_output'
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,8 +69,6 @@ class VGG19(nn.Module):
     width: channels of the first block (64 = VGG-19; pretrained weights need
       64). The other blocks scale with it. Smaller widths are only for smoke
       tests with random loss-network weights.
-    remat: a `jaxface.models.layers.REMAT_POLICIES` name under which each
-      conv + ReLU is rematerialised in a backward pass ("none": not).
     dtype: compute dtype (e.g. `jnp.bfloat16`); outputs come back in it.
     param_dtype: dtype of the parameters.
   """
@@ -72,7 +76,6 @@ class VGG19(nn.Module):
   last_layer: str = 'relu5_2'
   imagenet_normalize: bool = False
   width: int = 64
-  remat: str = 'none'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -100,19 +103,21 @@ class VGG19(nn.Module):
           IMAGENET_STD, x.dtype)
     x = x.astype(self.dtype)
     wanted = set(self.outputs)
-    conv_relu = layers_lib.remat(lambda conv, t: nn.relu(conv(t)), self.remat)
     out = {}
     block = 1
     for layer in layers:
       layer_block = int(layer[len('relu')])
       if layer_block != block:
         # [B, H, W, C] -> [B, H // 2, W // 2, C]
+        # The block's output: what a rematerialised pass keeps (see
+        # BLOCK_OUTPUT).
+        x = checkpoint_name(x, BLOCK_OUTPUT)
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
         block = layer_block
-      x = conv_relu(nn.Conv(
+      x = nn.relu(nn.Conv(
           CHANNELS[layer] * self.width // 64, (3, 3), padding=((1, 1), (1, 1)),
           dtype=self.dtype, param_dtype=self.param_dtype,
-          name=conv_name(layer)), x)
+          name=conv_name(layer))(x))
       if layer in wanted:
         out[layer] = x
     return {name: out[name] for name in self.outputs}

@@ -146,7 +146,7 @@ class InpaintTask(task_lib.Task):
         outputs=vgg_outputs,
         last_layer=max(vgg_outputs, key=vgg.LAYERS.index),
         imagenet_normalize=config.losses.vgg_imagenet_normalize,
-        width=config.losses.vgg_width, remat=config.model.remat, dtype=dtype)
+        width=config.losses.vgg_width, dtype=dtype)
     o = config.optim
     self.g_tx = optax.adam(o.g_lr, b1=o.b1, b2=o.b2)
     self.d_tx = optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
@@ -196,7 +196,13 @@ class InpaintTask(task_lib.Task):
     return image, mask, lmap, masked
 
   def _vgg(self, consts, x):
-    return self.vgg.apply({"params": consts["vgg"]}, x)
+    apply = lambda params, x: self.vgg.apply({"params": params}, x)
+    if self.config.model.remat != "none":
+      # The loss network's activations are the largest the backward pass
+      # keeps: keep only each block's output, recompute the rest.
+      apply = jax.checkpoint(apply, policy=jax.checkpoint_policies
+                             .save_only_these_names(vgg.BLOCK_OUTPUT))
+    return apply(consts["vgg"], x)
 
   # --------------------------------------------------------------- train
   def train_step(self, state: GANState, batch: dict[str, jax.Array],
