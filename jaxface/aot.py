@@ -230,7 +230,7 @@ class Row:
     return self.batch_size / self.estimate_s / self.num_chips
 
 
-def _scalar_cost(compiled) -> dict[str, float]:
+def cost_analysis(compiled) -> dict[str, float]:
   """`cost_analysis()` without its per-operand entries ("bytes accessed0{}")."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
@@ -295,7 +295,7 @@ def compile_step(config: ml_collections.ConfigDict,
     row.alias_bytes = mem.alias_size_in_bytes
     row.temp_bytes = mem.temp_size_in_bytes
     row.code_bytes = mem.generated_code_size_in_bytes
-  row.cost = _scalar_cost(compiled)
+  row.cost = cost_analysis(compiled)
   row.flops = row.cost.get("flops", 0.0)
   estimate = row.cost.get("optimal_seconds")
   row.estimate_s = estimate if estimate is not None and estimate > 0 else None

@@ -74,46 +74,8 @@ Example (2 nodes x 8 GPUs):
 EOF
 }
 
-usage_error() {
-  printf '%s: error: %s\n' "$prog" "$1" >&2
-  printf 'Run %s --help for usage.\n' "$prog" >&2
-  exit 2
-}
-
-die() {
-  printf '%s: %s\n' "$prog" "$1" >&2
-  exit 1
-}
-
-# One word, quoted for a POSIX shell only where needed, so that printed
-# commands can be pasted back into a shell; --option='value' keeps the
-# option name outside the quotes.
-shquote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--?[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"
-    shquote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_cmd() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(shquote "$word")"
-  done
-  printf '%s' "$out"
-}
-
-# Prints a command (as `+ command`) and runs it unless --dry-run.
-run() {
-  printf '+ %s\n' "$(quote_cmd "$@")"
-  if (( ! dry_run )); then
-    "$@"
-  fi
-}
+# shellcheck source=common.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ----------------------------------------------------------------- arguments
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -146,7 +146,8 @@ def _bash_syntax_ok(script):
 @pytest.mark.skipif(shutil.which("shellcheck") is None,
                     reason="shellcheck is not installed")
 def test_scripts_are_shellcheck_clean():
-  result = subprocess.run(["shellcheck", str(TPU), str(SLURM)],
+  # -x: follow the shared helpers each script sources (launch/common.sh).
+  result = subprocess.run(["shellcheck", "-x", str(TPU), str(SLURM)],
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout
 

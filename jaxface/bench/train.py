@@ -29,6 +29,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from jaxface import aot
 from jaxface.data import pipeline
 from jaxface.models import attention as attention_lib
 from jaxface.train import loop
@@ -47,13 +48,6 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 _PEAK = flags.DEFINE_float("peak_tflops", 769.6,
                            "Device peak (TFLOP/s) for MFU.")
-
-
-def _cost_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
 
 
 def _static_bytes(compiled) -> float:
@@ -92,7 +86,7 @@ def bench_one(base_config, batch_size: int, dtype: str, attention: str):
   # cost_analysis() counts one device's SPMD program; the task's analytic
   # count is for the whole (global) batch.
   devices = setup.mesh.devices.size
-  flops = (_cost_flops(compiled) * devices
+  flops = (aot.cost_analysis(compiled).get("flops", 0.0) * devices
            + setup.task.uncounted_flops(batch_size))
 
   for _ in range(_WARMUP.value):

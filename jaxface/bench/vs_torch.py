@@ -85,6 +85,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxface import aot
 from jaxface.data import pipeline
 from jaxface.data import schema
 from jaxface.models import vgg as vgg_lib
@@ -241,13 +242,8 @@ def _time_steps(step: Callable[[], dict[str, float] | None], steps: int,
   return times, first, last
 
 
-def _cost_flops(compiled) -> float:
-  # As jaxface.bench.train._cost_flops (not imported: that module defines
-  # absl flags of the same names at import time).
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
+def _flops(compiled) -> float:
+  return aot.cost_analysis(compiled).get("flops", 0.0)
 
 
 def _size(tree) -> int:
@@ -293,7 +289,7 @@ def prepare_jax(config: ml_collections.ConfigDict,
       compiler_options)
   compile_s = time.perf_counter() - t0
   n_dev = setup.mesh.devices.size
-  flops = (_cost_flops(compiled) * n_dev
+  flops = (_flops(compiled) * n_dev
            + setup.task.uncounted_flops(config.train.batch_size))
   if config.task == "inpaint":
     counts = {"G": _size(state.g_params), "D": _size(state.d_params),
