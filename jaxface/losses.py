@@ -3,6 +3,10 @@
 Inpainting (LaFIn; REFERENCE.md section 5). Notation: `output` is the raw
 generator output, `target` the ground truth, `mask` 1 in the hole, images
 [B, H, W, C] in [0, 1], VGG features dicts of [B, h, w, c].
+
+Landmark heatmaps (AdaptiveWing; REFERENCE.md section 7.2): `adaptive_wing`
+per pixel and `heatmap_weight_map`, the map that weights the pixels near
+each landmark and boundary W + 1 times.
 """
 
 from typing import Mapping, Sequence
@@ -74,3 +78,54 @@ def lsgan_discriminator(real_prob: jax.Array,
 def lsgan_generator(fake_prob: jax.Array) -> jax.Array:
   """mean (D(fake) - 1)^2 on sigmoid outputs."""
   return jnp.mean(jnp.square(_f32(fake_prob) - 1))
+
+
+# ------------------------------------------------------- landmark heatmaps
+# Adaptive Wing constants of the paper (and of mmpose's defaults).
+AWING_ALPHA, AWING_OMEGA, AWING_EPSILON, AWING_THETA = 2.1, 14.0, 1.0, 0.5
+
+
+def adaptive_wing(pred: jax.Array, target: jax.Array, *,
+                  alpha: float = AWING_ALPHA, omega: float = AWING_OMEGA,
+                  epsilon: float = AWING_EPSILON,
+                  theta: float = AWING_THETA) -> jax.Array:
+  """The Adaptive Wing loss of every pixel (same shape as the inputs).
+
+  With d = |target - pred| and the exponent a = alpha - target:
+
+    d < theta:  omega * ln(1 + (d / epsilon)^a)
+    otherwise:  A * d - C, with A = omega * a * (theta/epsilon)^(a-1)
+                / (epsilon * (1 + (theta/epsilon)^a)) and
+                C = theta * A - omega * ln(1 + (theta/epsilon)^a),
+
+  so the two pieces meet, with equal slopes, at d = theta. Near a
+  foreground pixel (target ~ 1, exponent ~ 1.1) small errors keep a large
+  gradient; on the background (exponent 2.1) the loss is nearly quadratic.
+  """
+  pred, target = _f32(pred), _f32(target)
+  delta = jnp.abs(target - pred)
+  a = alpha - target
+  r = theta / epsilon
+  big_a = omega * a * r ** (a - 1) / (epsilon * (1 + r ** a))
+  big_c = theta * big_a - omega * jnp.log1p(r ** a)
+  # The small-error branch at min(delta, theta): finite gradients on both
+  # sides of where().
+  small = omega * jnp.log1p((jnp.minimum(delta, theta) / epsilon) ** a)
+  return jnp.where(delta < theta, small, big_a * delta - big_c)
+
+
+def heatmap_weight_map(target: jax.Array, threshold: float = 0.2
+                       ) -> jax.Array:
+  """M of the paper: 1 where the 3x3 grey dilation of `target` > threshold.
+
+  Args:
+    target: [B, H, W, K] heatmaps (landmarks and boundary).
+    threshold: the paper's 0.2.
+
+  Returns:
+    [B, H, W, K] float32 in {0, 1}; the loss is weighted by W * M + 1.
+  """
+  dilated = jax.lax.reduce_window(
+      _f32(target), -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1),
+      "SAME")
+  return (dilated > threshold).astype(jnp.float32)

@@ -321,3 +321,54 @@ def summarize_per_gender(per_example: Mapping[str, np.ndarray],
       if np.any(sel):
         out[f"{key}/{name}"] = float(np.mean(values[sel]))
   return out
+
+
+# ---------------------------------------------------------------- landmarks
+def landmark_nme(pred: np.ndarray, target: np.ndarray, normaliser: np.ndarray,
+                 points: np.ndarray | None = None) -> np.ndarray:
+  """Normalised mean error of each face over the selected points.
+
+  Args:
+    pred, target: [N, K, 2] points (pixels).
+    normaliser: [N] distances (WFLW: the outer eye corners, 60 and 72).
+    points: [N, K] bool, the points to average over (None: all); a face
+      with none selected gets NaN.
+
+  Returns:
+    [N] mean point-to-point distance / normaliser.
+  """
+  pred = np.asarray(pred, np.float64)
+  target = np.asarray(target, np.float64)
+  error = np.sqrt(np.sum(np.square(pred - target), axis=-1))  # [N, K]
+  if points is None:
+    points = np.ones(error.shape, bool)
+  points = np.asarray(points, bool)
+  count = np.sum(points, axis=-1)
+  total = np.sum(np.where(points, error, 0.0), axis=-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan) / (
+        np.asarray(normaliser, np.float64))
+
+
+def failure_rate(nme: np.ndarray, threshold: float = 0.1) -> float:
+  """Fraction of faces whose NME exceeds `threshold` (NaN faces ignored)."""
+  nme = np.asarray(nme, np.float64)
+  nme = nme[np.isfinite(nme)]
+  return float(np.mean(nme > threshold)) if nme.size else float("nan")
+
+
+def ced_auc(nme: np.ndarray, threshold: float = 0.1, steps: int = 1000
+            ) -> float:
+  """Area under the cumulative error distribution up to `threshold`, / it.
+
+  The WFLW AUC@0.1: the fraction of faces with NME <= t, integrated over t
+  in [0, threshold] (trapezoids on `steps` intervals) and divided by
+  `threshold`, so 1 is perfect and 0 means every face failed.
+  """
+  nme = np.asarray(nme, np.float64)
+  nme = np.sort(nme[np.isfinite(nme)])
+  if not nme.size:
+    return float("nan")
+  t = np.linspace(0.0, threshold, steps + 1)
+  ced = np.searchsorted(nme, t, side="right") / nme.size
+  return float(np.trapezoid(ced, t) / threshold)

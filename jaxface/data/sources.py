@@ -607,6 +607,10 @@ def parse_gender(text: str, where: str) -> int:
   return value
 
 
+# The labels-file problems already reported by this process.
+_WARNED_LABELS: set[tuple[str, str, int]] = set()
+
+
 class ImageFolder(_FileSource):
   """Images in a folder tree, with an optional CSV of labels.
 
@@ -753,7 +757,10 @@ class ImageFolder(_FileSource):
                          "relative path", ambiguous),
                         ("a copy of a file listed under another name; "
                          "label that name", copied)):
-      if names:
+      # Once per process: a source is opened again for every split and
+      # every shard of `prepare`.
+      if names and (path, kind, len(names)) not in _WARNED_LABELS:
+        _WARNED_LABELS.add((path, kind, len(names)))
         shown = ", ".join(names[:10])
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         logging.warning("%s: skipping %d row(s) (%s): %s%s", path,

@@ -17,6 +17,7 @@ from jaxface.train import task as task_lib
 # config.task -> "module:Class".
 _REGISTRY: dict[str, Any] = {
     "inpaint": "jaxface.tasks.inpaint:InpaintTask",
+    "landmarks": "jaxface.tasks.landmarks:LandmarksTask",
 }
 
 

