@@ -324,7 +324,8 @@ def gaussian_heatmaps(points: jax.Array, size: int) -> jax.Array:
 
   def profile(d):
     g = jnp.exp(-d * d / (2 * HEATMAP_SIGMA ** 2))
-    return jnp.where(jnp.abs(d) <= HEATMAP_HALF_WINDOW, g, 0.0)
+    # Strict: at most 7 pixels per axis, even for a point at x.5.
+    return jnp.where(jnp.abs(d) < HEATMAP_HALF_WINDOW, g, 0.0)
 
   # Separable: [B, K, H, 1] * [B, K, 1, W] -> [B, H, W, K].
   maps = profile(dy)[..., :, None] * profile(dx)[..., None, :]

@@ -124,8 +124,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   m = config.model
   check(m.num_stacks >= 1, "model.num_stacks", m.num_stacks, ">= 1")
   check(m.depth >= 1, "model.depth", m.depth, ">= 1")
-  check(m.width >= 4 and m.width % 4 == 0, "model.width", m.width,
-        "a positive multiple of 4 (ConvBlock splits it 2:1:1)")
+  check(m.width >= 8 and m.width % 8 == 0, "model.width", m.width,
+        "a positive multiple of 8 (the stem's ConvBlocks have width / 2 "
+        "channels, split 2:1:1)")
+  check(m.stem_width >= 1, "model.stem_width", m.stem_width, ">= 1")
   input_size = _input_size(config)
   check(input_size >= 0, "model.input_size", input_size,
         ">= 0 (0: data.image_size)")
@@ -143,9 +145,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(0 <= a.unmasked <= 1, "augment.unmasked", a.unmasked, "in [0, 1]")
   lc = config.losses
   check(lc.weight >= 0, "losses.weight", lc.weight, ">= 0 (the paper's W)")
-  check(lc.theta > 0 and lc.epsilon > 0 and lc.omega > 0, "losses.theta",
-        (lc.theta, lc.epsilon, lc.omega),
-        "theta, epsilon, omega all > 0")
+  for key in ("theta", "epsilon", "omega"):
+    check(lc[key] > 0, f"losses.{key}", lc[key], "> 0")
+  check(lc.alpha >= 2, "losses.alpha", lc.alpha,
+        ">= 2 (the exponent alpha - target stays >= 1, so the gradient at "
+        "zero error is finite)")
+  check(0 <= lc.weight_threshold < 1, "losses.weight_threshold",
+        lc.weight_threshold, "in [0, 1)")
   check(lc.boundary >= 0, "losses.boundary", lc.boundary, ">= 0")
   o = config.optim
   check(o.name in OPTIMIZERS, "optim.name", o.name, " | ".join(OPTIMIZERS))
@@ -423,24 +429,32 @@ class LandmarksTask(task_lib.Task):
 
   def sample_grid(self, columns, batch):
     """masked face | true (green; blue under the mask) and predicted (red)
-    points | the predicted heatmaps | the predicted boundary."""
-    del batch
-    image, target = columns["image"], columns["target"]
-    masked = np.asarray(columns["masked"], bool)
-    drawn = visualize.draw_points(image, np.where(masked[..., None], np.nan,
-                                                  target),
-                                  color=(0.0, 1.0, 0.0))
-    drawn = visualize.draw_points(drawn, np.where(masked[..., None], target,
-                                                  np.nan),
-                                  color=(0.2, 0.4, 1.0))
-    drawn = visualize.draw_points(drawn, columns["pred"], radius=0,
-                                  color=(1.0, 0.0, 0.0))
-    size = image.shape[1]
+    points | the predicted heatmaps | the predicted boundary.
 
-    def up(maps):  # nearest-neighbour to the image size
+    Small images are enlarged (to at least 192 px) so that 98 dots stay
+    apart.
+    """
+    del batch
+    image = np.asarray(columns["image"])
+    zoom = max(1, -(-192 // image.shape[1]))
+    size = image.shape[1] * zoom
+
+    def up(maps):  # nearest-neighbour to the grid's size
       rows = np.arange(size) * maps.shape[1] // size
       cols = np.arange(size) * maps.shape[2] // size
       return maps[:, rows][:, :, cols]
 
+    def place(points):  # pixel points of the enlarged image
+      return (np.asarray(points, np.float64) + 0.5) * zoom - 0.5
+
+    image = up(image)
+    target, pred = place(columns["target"]), place(columns["pred"])
+    masked = np.asarray(columns["masked"], bool)[..., None]
+    drawn = visualize.draw_points(image, np.where(masked, np.nan, target),
+                                  color=(0.0, 1.0, 0.0))
+    drawn = visualize.draw_points(drawn, np.where(masked, target, np.nan),
+                                  color=(0.2, 0.4, 1.0))
+    drawn = visualize.draw_points(drawn, pred, radius=0,
+                                  color=(1.0, 0.0, 0.0))
     return visualize.make_grid([image, drawn, up(columns["heatmap"]),
                                 up(columns["boundary"])])

@@ -2,6 +2,8 @@ r"""Importer of the AdaptiveWing landmark network's weights into `models.FAN`.
 
   python -m jaxface.weights.landmarks --input=WFLW_4HG.pth \
       --output=fan_wflw.npz
+  python -m jaxface.weights.landmarks --workdir=runs/landmarks_lite \
+      --output=fan_lite.npz          # a trained run's network (export_run)
 
 Sources:
   * the published `WFLW_4HG.pth` (protossw512/AdaptiveWingLoss; re-hosted as
@@ -9,8 +11,9 @@ Sources:
     reference FAN's PyTorch state dict (REFERENCE.md section 7.3), read
     without torch by `torch_pickle`. A bare state dict and a DataParallel
     `module.` prefix are accepted too.
-  * our own `.npz` (`save_npz` / `load_npz`) holding `params` and
-    `batch_stats`.
+  * our own `.npz` (`save_npz` / `load_npz`) holding `params`,
+    `batch_stats` and `meta/input_size` (the side the network was trained
+    at); the architecture is read back from the shapes (`architecture`).
 
 `models.landmarks.FAN` names its modules after the reference's state dict,
 so the conversion is a renaming plus layout changes:
