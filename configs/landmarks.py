@@ -5,8 +5,10 @@ Smoke run on the embedded procedural faces (2-core CPU, a few minutes):
   python -m jaxface.main --config=configs/landmarks.py:tiny \
       --workdir=runs/landmarks_tiny
 
-  Measured on a 2-core CPU: see docs/LANDMARKS.md (loss, NME of masked and
-  visible points as training goes).
+  Measured on a 2-core CPU: 10-13 steps/s (80-100 img/s) after ~10 s of
+  compilation; the training NME falls from ~1.9 (step 25) to ~0.31 (step
+  300); eval/nme from ~0.58 (step 100) to ~0.26 (step 300), eval/nme_masked
+  ~0.27 (64x64 faces, a smoke test: the points are not yet usable).
 
 CPU-sized real training (`lite`: 128x128, two hourglasses of 128 channels)
 on a prepared dataset (docs/DATA.md), then the evaluation against the
