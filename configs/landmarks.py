@@ -17,7 +17,12 @@ MediaPipe teacher on the same masked faces:
   python -m jaxface.main --config=configs/landmarks.py:lite \
       --config.data.source=prepared:data/utkface --workdir=runs/landmarks_lite
   python -m jaxface.evaluate --workdir=runs/landmarks_lite --split=test \
-      --baseline=mediapipe:/path/to/mediapipe-0.10.21-...whl
+      --size=256 --baseline=mediapipe:/path/to/mediapipe-0.10.21-...whl
+
+  Measured on UTKFace (4,000 steps, 1 h 42 min on 2 CPU cores): test NME of
+  the points under the mask 0.036 (MediaPipe on the same masked faces:
+  0.098, and no face found in 30 % of them), visible points 0.020
+  (docs/LANDMARKS.md has the table per gender).
 
 Full size (one GPU or TPU host): the reference network, 4 stacks, 256x256,
 24,153,036 parameters:
