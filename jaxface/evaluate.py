@@ -38,26 +38,28 @@ from jaxface.data import pipeline
 from jaxface.data import schema
 from jaxface.train import loop
 
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "The trained run's workdir.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The run's config (default: <workdir>/config.json).",
-    lock_config=False)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
-_SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"],
-                           "Which split of the source.")
-_SOURCE = flags.DEFINE_string("source", "",
-                              "Another data source (default: the run's).")
-_SIZE = flags.DEFINE_integer("size", 0, "Image size (0: the run's).")
-_BATCH = flags.DEFINE_integer("batch_size", 0,
-                              "Batch size (0: the run's eval.batch_size).")
-_NUM_BATCHES = flags.DEFINE_integer(
-    "num_batches", 0, "Batches to score (0: the whole split).")
-_BASELINE = flags.DEFINE_string(
-    "baseline", "", "A reference model to score alongside (task-specific; "
-    "landmarks: a teacher spec such as mediapipe:/path/to/wheel).")
-_OUTPUT = flags.DEFINE_string("output", "", "Write the figures as JSON here.")
-flags.mark_flags_as_required(["workdir"])
+def define_flags() -> None:
+  """Registers the command-line flags (only when run as a program, so that
+  importing this module next to other commands defines nothing)."""
+  flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+  config_flags.DEFINE_config_file(
+      "config", None, "The run's config (default: <workdir>/config.json).",
+      lock_config=False)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
+  flags.DEFINE_enum("split", "test", ["train", "val", "test"],
+                    "Which split of the source.")
+  flags.DEFINE_string("source", "",
+                      "Another data source (default: the run's).")
+  flags.DEFINE_integer("size", 0, "Image size (0: the run's).")
+  flags.DEFINE_integer("batch_size", 0,
+                       "Batch size (0: the run's eval.batch_size).")
+  flags.DEFINE_integer("num_batches", 0,
+                       "Batches to score (0: the whole split).")
+  flags.DEFINE_string(
+      "baseline", "", "A reference model to score alongside (task-specific;"
+      " landmarks: a teacher spec such as mediapipe:/path/to/wheel).")
+  flags.DEFINE_string("output", "", "Write the figures as JSON here.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def eval_config(config, *, source: str = "", size: int = 0,
@@ -154,11 +156,12 @@ def evaluate(workdir: str, config=None, *, step: int | None = None,
 
 def main(argv):
   del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   logging_utils.quiet_libraries()
   result = evaluate(
-      _WORKDIR.value, _CONFIG.value, step=_STEP.value, split=_SPLIT.value,
-      source=_SOURCE.value, size=_SIZE.value, batch_size=_BATCH.value,
-      num_batches=_NUM_BATCHES.value, baseline=_BASELINE.value)
+      FLAGS.workdir, FLAGS.config, step=FLAGS.step, split=FLAGS.split,
+      source=FLAGS.source, size=FLAGS.size, batch_size=FLAGS.batch_size,
+      num_batches=FLAGS.num_batches, baseline=FLAGS.baseline)
   info = result["info"]
   head = (f"{info['workdir']} step {info['step']}, {info['split']} split of "
           f"{info['source']} at {info['image_size']} px, "
@@ -173,12 +176,13 @@ def main(argv):
     print()
     print(format_table(result["model_on_baseline_examples"],
                        f"this model on the same {n} examples"))
-  if _OUTPUT.value:
-    fileio.write_atomic(fileio.as_path(_OUTPUT.value),
+  if FLAGS.output:
+    fileio.write_atomic(fileio.as_path(FLAGS.output),
                         json.dumps(result, indent=2, sort_keys=True))
-    print(f"\nwrote {_OUTPUT.value}")
+    print(f"\nwrote {FLAGS.output}")
   return 0
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
