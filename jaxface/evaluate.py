@@ -27,13 +27,11 @@ from typing import Mapping
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 from ml_collections import config_flags
 
 from jaxface import fileio
 from jaxface import logging_utils
-from jaxface import tasks
 from jaxface.data import pipeline
 from jaxface.data import schema
 from jaxface.train import loop
@@ -82,15 +80,6 @@ def eval_config(config, *, source: str = "", size: int = 0,
   return config
 
 
-def score(setup: loop.Setup, state, batches) -> dict[str, np.ndarray]:
-  """Per-example outputs of `eval_step` over host batches, concatenated."""
-  consts = setup.constants()
-  parts = [jax.device_get(setup.eval_step(state, setup.put(b), consts))
-           for b in batches]
-  return {k: np.concatenate([np.atleast_1d(p[k]) for p in parts])
-          for k in parts[0]}
-
-
 def format_table(summary: Mapping[str, float], title: str) -> str:
   """One row per figure, columns all / female / male."""
   genders = list(schema.GENDERS)
@@ -135,7 +124,7 @@ def evaluate(workdir: str, config=None, *, step: int | None = None,
   batches = pipeline.eval_batches(setup.task.examples, config,
                                   batch_size=setup.eval_batch_size,
                                   split=split)
-  ours = score(setup, state, batches)
+  ours = loop.eval_outputs(setup, state, setup.constants(), batches)
   count = len(next(iter(ours.values())))
   out = {"info": {"workdir": workdir, "step": step, "split": split,
                   "source": config.data.source,
@@ -143,9 +132,7 @@ def evaluate(workdir: str, config=None, *, step: int | None = None,
          "model": setup.task.summarize_eval(ours)}
   if baseline:
     fn = setup.task.baseline(baseline)
-    theirs = [fn(b) for b in batches]
-    theirs = {k: np.concatenate([np.atleast_1d(t[k]) for t in theirs])
-              for k in theirs[0]}
+    theirs = loop.concat_examples([fn(b) for b in batches])
     found = np.asarray(theirs.pop("found", np.ones(count, bool)), bool)
     out["info"].update(baseline=baseline, baseline_found=int(found.sum()))
     out["baseline"] = setup.task.summarize_eval(_subset(theirs, found))

@@ -291,16 +291,26 @@ def build(config: ml_collections.ConfigDict,
                      out_shardings=repl))
 
 
+def concat_examples(parts: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Per-example outputs of several batches joined into one [N, ...] each."""
+  return {k: np.concatenate([np.atleast_1d(p[k]) for p in parts])
+          for k in parts[0]}
+
+
+def eval_outputs(setup: Setup, state: Any, consts: Any,
+                 eval_batches: list[dict[str, np.ndarray]]
+                 ) -> dict[str, np.ndarray]:
+  """The task's `eval_step` outputs over host batches, concatenated."""
+  return concat_examples([
+      jax.device_get(setup.eval_step(state, setup.put(batch), consts))
+      for batch in eval_batches])
+
+
 def evaluate(setup: Setup, state: Any, consts: Any,
              eval_batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
   """Runs the held-out batches and returns the task's summary scalars."""
-  per_example = []
-  for batch in eval_batches:
-    per_example.append(jax.device_get(
-        setup.eval_step(state, setup.put(batch), consts)))
-  merged = {k: np.concatenate([np.atleast_1d(p[k]) for p in per_example])
-            for k in per_example[0]}
-  return setup.task.summarize_eval(merged)
+  return setup.task.summarize_eval(
+      eval_outputs(setup, state, consts, eval_batches))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
