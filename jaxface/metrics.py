@@ -372,3 +372,133 @@ def ced_auc(nme: np.ndarray, threshold: float = 0.1, steps: int = 1000
   t = np.linspace(0.0, threshold, steps + 1)
   ced = np.searchsorted(nme, t, side="right") / nme.size
   return float(np.trapezoid(ced, t) / threshold)
+
+
+# ------------------------------------------------------------ segmentation
+def _binary(x: jax.Array) -> jax.Array:
+  return (x[..., 0] if x.ndim == 4 else x) > 0.5
+
+
+def _ratio(num: jax.Array, den: jax.Array, empty: float) -> jax.Array:
+  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), empty)
+
+
+def mask_iou(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """[B] intersection over union of binary maps [B, H, W(, 1)] (> 0.5).
+
+  1 where both are empty (nothing to find, nothing found).
+  """
+  p, t = _binary(pred), _binary(target)
+  inter = jnp.sum(p & t, axis=(1, 2)).astype(jnp.float32)
+  union = jnp.sum(p | t, axis=(1, 2)).astype(jnp.float32)
+  return _ratio(inter, union, 1.0)
+
+
+def dice(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """[B] Dice coefficient 2|P & T| / (|P| + |T|) of binary maps (1 if empty)."""
+  p, t = _binary(pred), _binary(target)
+  inter = jnp.sum(p & t, axis=(1, 2)).astype(jnp.float32)
+  total = (jnp.sum(p, axis=(1, 2)) + jnp.sum(t, axis=(1, 2))).astype(
+      jnp.float32)
+  return _ratio(2 * inter, total, 1.0)
+
+
+def uncovered(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """[B] share of the target's pixels the prediction misses (NaN if none).
+
+  For the face-mask map this is the paper's failure mode: mask left on the
+  face after completion.
+  """
+  p, t = _binary(pred), _binary(target)
+  missed = jnp.sum(t & ~p, axis=(1, 2)).astype(jnp.float32)
+  return _ratio(missed, jnp.sum(t, axis=(1, 2)).astype(jnp.float32),
+                jnp.nan)
+
+
+def _max_filter(x: jax.Array, radius: int) -> jax.Array:
+  """[B, H, W] bool grown by a (2r + 1)^2 square."""
+  k = 2 * radius + 1
+  return jax.lax.reduce_window(x, False, jax.lax.bitwise_or, (1, k, k),
+                               (1, 1, 1), "SAME")
+
+
+def boundary(x: jax.Array) -> jax.Array:
+  """[B, H, W] bool: pixels of a binary map with a 4-neighbour outside it.
+
+  The image border counts as outside.
+  """
+  pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+  inner = (pad[:, :-2, 1:-1] & pad[:, 2:, 1:-1] & pad[:, 1:-1, :-2]
+           & pad[:, 1:-1, 2:])
+  return x & ~inner
+
+
+@functools.partial(jax.jit, static_argnames="tolerance")
+def boundary_f(pred: jax.Array, target: jax.Array,
+               tolerance: int = 2) -> jax.Array:
+  """[B] boundary F-score: contours matched within `tolerance` pixels.
+
+  Precision: the share of the predicted contour within `tolerance`
+  (chessboard distance) of the true contour; recall the converse; F their
+  harmonic mean (Perazzi et al.'s F measure with a square tolerance). 1
+  when both maps are empty, 0 when only one is.
+  """
+  bp, bt = boundary(_binary(pred)), boundary(_binary(target))
+  near_t, near_p = _max_filter(bt, tolerance), _max_filter(bp, tolerance)
+  np_ = jnp.sum(bp, axis=(1, 2)).astype(jnp.float32)
+  nt = jnp.sum(bt, axis=(1, 2)).astype(jnp.float32)
+  precision = _ratio(jnp.sum(bp & near_t, axis=(1, 2)), np_, 0.0)
+  recall = _ratio(jnp.sum(bt & near_p, axis=(1, 2)), nt, 0.0)
+  f = _ratio(2 * precision * recall, precision + recall, 0.0)
+  return jnp.where((np_ == 0) & (nt == 0), 1.0, f)
+
+
+# COCO's IoU thresholds of "AP@[.5:.95]" and its 101 recall points.
+COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def average_precision(scores: list[np.ndarray], overlaps: list[np.ndarray],
+                      threshold: float) -> float:
+  """COCO-style average precision of one class at one IoU threshold.
+
+  Detections of all images are taken in order of falling score; each is a
+  true positive if an unmatched ground-truth object of its image overlaps
+  it by at least `threshold` (the best such one is taken), else a false
+  positive. Precision is made monotone (the envelope) and read at 101
+  recall points. Crowd regions and area ranges are not modelled.
+
+  Args:
+    scores: per image [D_i] detection scores.
+    overlaps: per image [D_i, G_i] IoU (box or mask) with that image's
+      ground-truth objects.
+    threshold: the IoU of a match.
+
+  Returns:
+    AP in [0, 1]; NaN when there is no ground truth at all.
+  """
+  num_gt = sum(o.shape[1] for o in overlaps)
+  if num_gt == 0:
+    return float("nan")
+  records = []  # (score, image, detection)
+  for i, s in enumerate(scores):
+    records += [(float(v), i, d) for d, v in enumerate(np.asarray(s))]
+  if not records:
+    return 0.0
+  records.sort(key=lambda r: -r[0])
+  taken = [np.zeros(o.shape[1], bool) for o in overlaps]
+  tp = np.zeros(len(records))
+  for k, (_, i, d) in enumerate(records):
+    iou = np.where(taken[i], -1.0, np.asarray(overlaps[i][d], np.float64))
+    if iou.size and iou.max() >= threshold:
+      taken[i][int(np.argmax(iou))] = True
+      tp[k] = 1
+  ctp = np.cumsum(tp)
+  recall = ctp / num_gt
+  precision = ctp / np.arange(1, len(records) + 1)
+  # The envelope: the best precision at this recall or any higher one.
+  precision = np.maximum.accumulate(precision[::-1])[::-1]
+  at = np.searchsorted(recall, _RECALL_POINTS, side="left")
+  sampled = np.where(at < len(precision),
+                     precision[np.minimum(at, len(precision) - 1)], 0.0)
+  return float(np.mean(sampled))

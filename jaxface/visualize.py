@@ -185,3 +185,45 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
   png = io.BytesIO()
   Image.fromarray(np.ascontiguousarray(arr)).save(png, format="PNG")
   fileio.write_atomic(fileio.as_path(path), png.getvalue())
+
+
+def overlay(images: np.ndarray, maps: np.ndarray,
+            color: Sequence[float] = (1.0, 0.0, 0.0),
+            alpha: float = 0.5) -> np.ndarray:
+  """Float [B, H, W, 3] images with `maps` ([B, H, W(, 1)] in [0, 1]) tinted.
+
+  Each pixel moves towards `color` by `alpha * map`.
+  """
+  x = to_uint8(to_rgb(np.asarray(images))).astype(np.float32) / 255.0
+  m = np.asarray(maps, np.float32)
+  if m.ndim == 3:
+    m = m[..., None]
+  a = alpha * np.clip(m, 0.0, 1.0)
+  return x * (1 - a) + np.asarray(color, np.float32) * a
+
+
+def draw_boxes(images: np.ndarray, boxes: np.ndarray, valid: np.ndarray,
+               color: Sequence[float] = (1.0, 1.0, 0.0)) -> np.ndarray:
+  """Float copies of [B, H, W, 3] images with box outlines drawn.
+
+  Args:
+    images: uint8 or float in [0, 1].
+    boxes: [B, N, 4] `(x1, y1, x2, y2)` in continuous pixel coordinates
+      (`jaxface.boxes`); clipped to the image.
+    valid: [B, N] bool; only these are drawn.
+    color: RGB in [0, 1].
+  """
+  out = to_uint8(to_rgb(np.asarray(images))).astype(np.float32) / 255.0
+  h, w = out.shape[1:3]
+  c = np.asarray(color, np.float32)
+  for i, (bs, vs) in enumerate(zip(np.asarray(boxes), np.asarray(valid))):
+    for (x1, y1, x2, y2), v in zip(bs, vs):
+      if not v or not np.all(np.isfinite((x1, y1, x2, y2))):
+        continue
+      c1, c2 = (int(np.clip(np.floor(x1), 0, w - 1)),
+                int(np.clip(np.ceil(x2) - 1, 0, w - 1)))
+      r1, r2 = (int(np.clip(np.floor(y1), 0, h - 1)),
+                int(np.clip(np.ceil(y2) - 1, 0, h - 1)))
+      out[i, r1:r2 + 1, [c1, c2]] = c
+      out[i, [r1, r2], c1:c2 + 1] = c
+  return out

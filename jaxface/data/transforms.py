@@ -114,3 +114,58 @@ def hflip(example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["landmarks_approx"] = example["landmarks_approx"][
         wflw.FLIP_PERMUTATION]
   return out
+
+
+def random_affine(image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray,
+                  rng: np.random.Generator, *, rotation: float = 0.0,
+                  scale: tuple[float, float] = (1.0, 1.0),
+                  translation: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One random similarity about the centre, applied to all three.
+
+  Args:
+    image: uint8 [S, S, 3] (bilinear; borders replicate the edge).
+    mask: uint8 [S, S, 1] (nearest; outside the image is 0).
+    landmarks: float32 [K, 2] integer-centred pixel points; moved exactly.
+    rng: the draw.
+    rotation: max degrees either way.
+    scale: the zoom range (below 1: smaller faces, more background).
+    translation: max shift, fraction of the side.
+
+  Returns:
+    (image, mask, landmarks), transformed.
+  """
+  if not rotation and scale == (1.0, 1.0) and not translation:
+    return image, mask, landmarks
+  size = image.shape[0]
+  centre = ((size - 1) / 2, (size - 1) / 2)
+  matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-rotation, rotation),
+                                   rng.uniform(*scale))
+  matrix[:, 2] += rng.uniform(-translation, translation, 2) * size
+  # warpAffine maps pixel centres (integer coordinates) by `matrix`, the
+  # same convention as the landmarks: the points move exactly.
+  image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+  mask = cv2.warpAffine(mask, matrix, (size, size), flags=cv2.INTER_NEAREST,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+  landmarks = (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+  return image, mask.reshape(size, size, 1), landmarks
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, *,
+                  brightness: float = 0.0, contrast: float = 0.0,
+                  saturation: float = 0.0) -> np.ndarray:
+  """Random saturation, contrast and brightness of a uint8 image.
+
+  Saturation scales about the grey value, contrast about the mean, each by
+  a factor in [1 - s, 1 + s]; brightness adds up to +-b of full scale.
+  """
+  if not (brightness or contrast or saturation):
+    return image
+  x = image.astype(np.float32) / 255.0
+  grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+  x = grey[..., None] + (x - grey[..., None]) * rng.uniform(
+      1 - saturation, 1 + saturation)
+  x = x.mean() + (x - x.mean()) * rng.uniform(1 - contrast, 1 + contrast)
+  x = x + rng.uniform(-brightness, brightness)
+  return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -18,6 +18,7 @@ from jaxface.train import task as task_lib
 _REGISTRY: dict[str, Any] = {
     "inpaint": "jaxface.tasks.inpaint:InpaintTask",
     "landmarks": "jaxface.tasks.landmarks:LandmarksTask",
+    "segment": "jaxface.tasks.segment:SegmentTask",
 }
 
 

@@ -21,7 +21,6 @@ under the face mask and for the visible ones, overall and per gender.
 import dataclasses
 from typing import Any, Mapping
 
-import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,12 +34,13 @@ from jaxface import sharding
 from jaxface import visualize
 from jaxface.data import examples
 from jaxface.data import schema
+from jaxface.data import transforms
 from jaxface.data import wflw
 from jaxface.models import landmarks as fan
+from jaxface.train import optim
 from jaxface.train import task as task_lib
 
 OPTIMIZERS = ("adam", "rmsprop")
-SCHEDULES = ("constant", "cosine")
 # The NME groups reported: every point, those under the face mask, the rest.
 GROUPS = ("all", "masked", "visible")
 # WFLW's failure threshold and AUC range.
@@ -70,44 +70,15 @@ class MakeExample:
     if augment:
       if rng.random() < self.unmasked:
         image, mask = face.image, np.zeros_like(face.mask)
-      image, mask, landmarks = self._affine(image, mask, landmarks, rng)
-      image = self._colour(image, rng)
+      image, mask, landmarks = transforms.random_affine(
+          image, mask, landmarks, rng, rotation=self.rotation,
+          scale=(1 - self.scale, 1 + self.scale),
+          translation=self.translation)
+      image = transforms.colour_jitter(
+          image, rng, brightness=self.brightness, contrast=self.contrast,
+          saturation=self.saturation)
     return {schema.MASKED_IMAGE: image, schema.MASK: mask,
             schema.LANDMARKS: landmarks, schema.GENDER: face.gender}
-
-  def _affine(self, image, mask, landmarks, rng):
-    if not (self.rotation or self.scale or self.translation):
-      return image, mask, landmarks
-    size = image.shape[0]
-    centre = ((size - 1) / 2, (size - 1) / 2)
-    angle = rng.uniform(-self.rotation, self.rotation)
-    zoom = rng.uniform(1 - self.scale, 1 + self.scale)
-    matrix = cv2.getRotationMatrix2D(centre, angle, zoom)
-    matrix[:, 2] += rng.uniform(-self.translation, self.translation, 2) * size
-    # warpAffine maps pixel centres (integer coordinates) by `matrix`, the
-    # same convention as the landmarks: the points move exactly.
-    image = cv2.warpAffine(image, matrix, (size, size),
-                           flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-    mask = cv2.warpAffine(mask, matrix, (size, size),
-                          flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mask = mask.reshape(size, size, 1)
-    landmarks = (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(
-        np.float32)
-    return image, mask, landmarks
-
-  def _colour(self, image, rng):
-    if not (self.brightness or self.contrast or self.saturation):
-      return image
-    x = image.astype(np.float32) / 255.0
-    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    x = grey[..., None] + (x - grey[..., None]) * rng.uniform(
-        1 - self.saturation, 1 + self.saturation)
-    x = x.mean() + (x - x.mean()) * rng.uniform(1 - self.contrast,
-                                                1 + self.contrast)
-    x = x + rng.uniform(-self.brightness, self.brightness)
-    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 KEYS = (schema.MASKED_IMAGE, schema.MASK, schema.LANDMARKS, schema.GENDER)
@@ -153,34 +124,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(0 <= lc.weight_threshold < 1, "losses.weight_threshold",
         lc.weight_threshold, "in [0, 1)")
   check(lc.boundary >= 0, "losses.boundary", lc.boundary, ">= 0")
-  o = config.optim
-  check(o.name in OPTIMIZERS, "optim.name", o.name, " | ".join(OPTIMIZERS))
-  check(o.schedule in SCHEDULES, "optim.schedule", o.schedule,
-        " | ".join(SCHEDULES))
-  check(o.lr > 0, "optim.lr", o.lr, "> 0")
-  check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
-  check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip,
-        ">= 0 (0: no clipping)")
-
-
-def make_optimizer(o: ml_collections.ConfigDict,
-                   num_steps: int) -> optax.GradientTransformation:
-  """Adam or RMSProp, constant or warm-up + cosine, optional clipping."""
-  if o.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, o.lr, max(o.warmup_steps, 1), max(num_steps, o.warmup_steps + 1),
-        end_value=o.lr * o.final_lr_fraction)
-  elif o.warmup_steps:
-    lr = optax.linear_schedule(0.0, o.lr, o.warmup_steps)
-  else:
-    lr = o.lr
-  if o.name == "adam":
-    tx = optax.adam(lr, b1=o.b1, b2=o.b2)
-  else:
-    tx = optax.rmsprop(lr, decay=o.decay)
-  if o.grad_clip:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-  return tx
+  optim.validate(config.optim, OPTIMIZERS)
 
 
 def points_in_mask(mask: jax.Array, points: jax.Array) -> jax.Array:
@@ -280,7 +224,7 @@ class LandmarksTask(task_lib.Task):
     self.model = fan.FAN(num_stacks=m.num_stacks, num_landmarks=
                          wflw.NUM_LANDMARKS, width=m.width, depth=m.depth,
                          stem_width=m.stem_width, dtype=self.dtype)
-    self.tx = make_optimizer(config.optim, config.train.num_steps)
+    self.tx = optim.make(config.optim, config.train.num_steps)
     # The network's input side; batches of another size (data.image_size)
     # are resized on the device and the points mapped back.
     self.image_size = _input_size(config) or config.data.image_size

@@ -1,0 +1,193 @@
+"""The segmentation task: examples, scenes, steps of both networks, summary."""
+
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxface.data import examples
+from jaxface.data import pipeline
+from jaxface.data import schema
+from jaxface.models import segment as seg
+from jaxface.tasks import segment
+from jaxface.train import loop
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+# pylint: disable-next=g-import-not-at-top
+from configs import segment as segment_config
+
+
+def small_config(model):
+  c = segment_config.get_config(f"tiny,model={model}")
+  c.data.source = "procedural:num_records=64"
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 0
+  c.augment.mosaic = 0.5
+  c.train.update(dict(num_steps=8, log_every=2, image_every=0, eval_every=0,
+                      checkpoint_every=100))
+  return c
+
+
+# ---------------------------------------------------------------- examples
+def _face(size=64):
+  rng = np.random.default_rng(0)
+  landmarks = rng.uniform(16, 48, (98, 2)).astype(np.float32)
+  mask = np.zeros((size, size, 1), np.uint8)
+  mask[36:52, 20:44] = 1
+  return examples.Face(
+      image=np.full((size, size, 3), 200, np.uint8),
+      masked_image=np.full((size, size, 3), 90, np.uint8), mask=mask,
+      landmarks=landmarks, landmarks_approx=np.zeros(98, bool),
+      gender=np.int32(0), mask_style=np.int32(3), key="face")
+
+
+def test_face_box_is_the_landmarks_extent_and_the_forehead():
+  pts = np.array([[10, 20], [30, 40], [20, 30]], np.float32)
+  # Pixels 10..30 x 20..40 -> [10, 31) x [20, 41); forehead 0.25 * 21.
+  np.testing.assert_allclose(segment.face_box(pts),
+                             [10, 20 - 0.25 * 21, 31, 41])
+
+
+def test_make_example_keys_and_paths():
+  face = _face()
+  make = segment.MakeExample(rotation=10, scale_min=0.6, scale_max=1.1,
+                             translation=0.1, brightness=0.1, unmasked=0.0)
+  plain = make(face, np.random.default_rng(0), False)
+  assert set(plain) == set(segment.KEYS)
+  np.testing.assert_array_equal(plain[schema.MASK], face.mask)
+  np.testing.assert_allclose(plain[segment.FACE_BOX],
+                             segment.face_box(face.landmarks))
+  assert plain[schema.MASK_STYLE] == 3
+  moved = make(face, np.random.default_rng(1), True)
+  assert moved[schema.MASK].shape == (64, 64, 1)
+  assert not np.array_equal(moved[schema.MASK], face.mask)
+  clean = segment.MakeExample(unmasked=1.0)(face, np.random.default_rng(0),
+                                            True)
+  assert not clean[schema.MASK].any()
+  np.testing.assert_array_equal(clean[schema.MASKED_IMAGE], face.image)
+
+
+# ------------------------------------------------------------------ scenes
+def test_scenes_single_and_mosaic_boxes():
+  b, s = 4, 32
+  image = np.stack([np.full((s, s, 3), i / 4, np.float32) for i in range(b)])
+  mask = np.zeros((b, s, s, 1), np.float32)
+  for i in range(b):
+    mask[i, 8 + i:16 + i, 4:20] = 1       # box (4, 8 + i, 20, 16 + i)
+  faces = np.array([[2, 2, 22, 26 + i] for i in range(b)], np.float32)
+  out = segment.scenes(image, mask, faces, np.array([False, True, False,
+                                                     False]))
+  boxes, valid = np.asarray(out["boxes"]), np.asarray(out["valid"])
+  classes = np.asarray(out["classes"])
+  assert boxes.shape == (b, segment.MAX_OBJECTS, 4)
+  np.testing.assert_array_equal(classes[0, :2], [seg.FACE_MASK, seg.FACE])
+  # Single face 0: its mask box and face box, nothing else.
+  np.testing.assert_array_equal(boxes[0, :2], [[4, 8, 20, 16], faces[0]])
+  np.testing.assert_array_equal(valid[0], [True, True] + [False] * 6)
+  np.testing.assert_array_equal(out["map"][0], mask[0, ..., 0])
+  # Mosaic of example 1: faces 1, 2, 3, 0 at half size in the four tiles.
+  np.testing.assert_array_equal(valid[1], [True] * 8)
+  for t, src in enumerate([1, 2, 3, 0]):
+    oy, ox = (t // 2) * 16, (t % 2) * 16
+    np.testing.assert_allclose(out["image"][1, oy + 3, ox + 3], src / 4)
+    want_face = faces[src] / 2 + [ox, oy, ox, oy]
+    np.testing.assert_allclose(boxes[1, 2 * t + 1], want_face)
+    # The halved map's extent (rows 4 + src / 2 ...; area-averaged >= 0.5).
+    tile = np.asarray(out["map"][1, oy:oy + 16, ox:ox + 16])
+    ys, xs = np.nonzero(tile)
+    np.testing.assert_array_equal(
+        boxes[1, 2 * t], [xs.min() + ox, ys.min() + oy, xs.max() + 1 + ox,
+                          ys.max() + 1 + oy])
+
+
+def test_instances_split_the_map_by_box():
+  m = np.zeros((1, 8, 8), np.float32)
+  m[0, 1:3, 1:3] = 1
+  m[0, 5:7, 5:7] = 1
+  boxes = np.array([[[0, 0, 4, 4], [4, 4, 8, 8]]], np.float32)
+  inst = np.asarray(segment.instances(m, boxes))
+  assert inst[0, 0].sum() == 4 and inst[0, 0, 1:3, 1:3].all()
+  assert inst[0, 1].sum() == 4 and inst[0, 1, 5:7, 5:7].all()
+
+
+# -------------------------------------------------------------------- steps
+@pytest.mark.parametrize("model", ["maskrcnn", "unet"])
+def test_steps_on_one_batch_reduce_every_loss(model):
+  """Every loss term of one batch, with the same draws (samplers, mosaic),
+  is lower after a few steps on it than before."""
+  setup = loop.build(small_config(model))
+  task = setup.task
+  host = pipeline.fixed_batch(task.examples, setup.config,
+                              setup.config.train.batch_size)
+  batch = setup.put(host)
+  state = setup.init(jax.random.key(0))
+  terms_of = jax.jit(lambda params, model_state: task.losses(
+      params, model_state, schema.to_float(host), jax.random.key(7))[0])
+  before = jax.device_get(terms_of(state.params, state.model_state))
+  for _ in range(8):
+    state, m = setup.train_step(state, batch, setup.constants())
+    assert bool(m["finite"])
+  after = jax.device_get(terms_of(state.params, state.model_state))
+  assert ("loss/mask" in before) == (model == "maskrcnn")
+  for key, value in before.items():
+    assert np.isfinite(value) and after[key] < value, (key, value,
+                                                        after[key])
+  if model == "unet":
+    per = jax.device_get(setup.eval_step(state, batch, setup.constants()))
+    assert per["iou"].shape == (8,)
+    summary = task.summarize_eval(per)
+    for key in ("iou", "dice", "boundary_f", "uncovered", "iou/female",
+                "iou/male"):
+      assert 0 <= summary[key] <= 1, key
+    assert any(k.startswith("iou/style/") for k in summary)
+
+
+# ------------------------------------------------------------------- config
+@pytest.mark.parametrize("key,value", [
+    ("model.name", "yolo"), ("model.norm", "layer"), ("data.image_size", 48),
+    ("augment.scale_min", 0.0), ("augment.mosaic", 1.5),
+    ("model.dilation", -1), ("optim.name", "lamb")])
+def test_bad_config_names_its_key(key, value):
+  c = segment_config.get_config("tiny")
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    segment.SegmentTask(c)
+
+
+# ------------------------------------------------------------------ summary
+def test_summary_of_hand_made_detections():
+  # Two images; each: a face mask and a face. Image 0 detects both well;
+  # image 1 misses its face and has a false face mask scoring highest.
+  per = {
+      "iou": np.array([1.0, 0.5]), "dice": np.array([1.0, 0.6]),
+      "boundary_f": np.array([1.0, 0.4]),
+      "mask_pixels": np.array([100, 100]),
+      "missed_pixels": np.array([0, 30]),
+      "gender": np.array([0, 1]), "mask_style": np.array([0, 4]),
+      "det_scores": np.array([[0.9, 0.8, 0.0], [0.95, 0.7, 0.0]]),
+      "det_classes": np.array([[1, 2, 0], [1, 1, 0]]),
+      "det_valid": np.array([[True, True, False], [True, True, False]]),
+      "gt_classes": np.array([[1, 2], [1, 2]]),
+      "gt_valid": np.array([[True, True], [True, True]]),
+      "box_iou": np.array([[[0.9, 0.1], [0.1, 0.8], [0, 0]],
+                           [[0.0, 0.0], [0.75, 0.2], [0, 0]]]),
+      "mask_iou": np.array([[[0.9, 0], [0, 0], [0, 0]],
+                            [[0.0, 0], [0.6, 0], [0, 0]]]),
+  }
+  out = segment.summarize(per)
+  assert out["uncovered"] == pytest.approx(0.15)
+  assert out["uncovered/male"] == pytest.approx(0.30)
+  assert out["iou/style/surgical"] == 1.0 and out["iou/style/cloth"] == 0.5
+  # Face masks by score: 0.95 (FP), 0.9 (TP), 0.7 (TP) of 2 -> precision
+  # envelope 2/3 at every recall: AP 2/3.
+  assert out["box_ap50/face_mask"] == pytest.approx(2 / 3)
+  # Faces: one TP of two ground truths -> recall <= 0.5: 51 of 101 points.
+  assert out["box_ap50/face"] == pytest.approx(51 / 101)
+  # Mask IoUs 0.9 and 0.6 pass thresholds 0.5..0.6 (3 of 10) both, 0.65..0.9
+  # (6 more) one of them (the 0.9, after the FP: precision 1/2).
+  assert out["mask_ap/face_mask"] == pytest.approx(
+      (3 * 2 / 3 + 6 * 0.5 * 51 / 101) / 10)
