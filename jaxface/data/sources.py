@@ -1127,7 +1127,7 @@ class Procedural:
 # ---------------------------------------------------------------------------
 # Specs.
 
-KINDS = ("folder", "celeba", "ffhq", "prepared", "procedural")
+KINDS = ("folder", "celeba", "ffhq", "prepared", "procedural", "labelme")
 # Options a spec may carry after its path, and how to read them.
 _OPTIONS = {
     "folder": {"labels": str, "seed": int, "splits": "fractions",
@@ -1138,6 +1138,7 @@ _OPTIONS = {
     "prepared": {"draft_size": int},
     "procedural": {"size": int, "num_records": int, "seed": int,
                    "splits": "fractions"},
+    "labelme": {"seed": int, "splits": "fractions"},
 }
 
 
@@ -1172,7 +1173,8 @@ def open_source(spec: str, split: str = TRAIN, gender: str = "all", *,
     celeba:PATH                                                `CelebA`
     prepared:PATH                                              `Prepared`
     procedural[:num_records=N,seed=K,size=S,splits=...]       `Procedural`
-  Every kind but procedural also takes `draft_size=N`. A path that
+    labelme:PATH[,seed=N][,splits=...]   `jaxface.data.labelme.LabelmeFolder`
+  The folder kinds and prepared also take `draft_size=N`. A path that
   contains commas is fine as long as the text after a comma is not
   `name=value`.
 
@@ -1227,4 +1229,7 @@ def open_source(spec: str, split: str = TRAIN, gender: str = "all", *,
     return FFHQ(path, split=split, gender=gender, **options)
   if kind == "celeba":
     return CelebA(path, split=split, gender=gender, **options)
+  if kind == "labelme":
+    from jaxface.data import labelme  # pylint: disable=g-import-not-at-top
+    return labelme.LabelmeFolder(path, split=split, gender=gender, **options)
   return Prepared(path, split=split, gender=gender, **options)

@@ -67,6 +67,8 @@ def face_box(landmarks: np.ndarray) -> np.ndarray:
   the extent of the points' pixels, raised by `FOREHEAD` of its height.
   NaN when a point is unknown.
   """
+  if not np.all(np.isfinite(landmarks)):
+    return np.full((4,), np.nan, np.float32)
   lo = np.min(landmarks, axis=0)
   hi = np.max(landmarks, axis=0) + 1.0
   top = lo[1] - FOREHEAD * (hi[1] - lo[1])
@@ -90,9 +92,9 @@ class MakeExample:
 
   def __call__(self, face: examples.Face, rng: np.random.Generator,
                augment: bool) -> dict[str, np.ndarray] | None:
+    # Without every landmark (photos with their own, labelled masks) the
+    # face box is NaN: the scene then has no face object.
     landmarks = np.asarray(face.landmarks, np.float32)
-    if not np.all(np.isfinite(landmarks)):
-      return None  # the face box needs every point
     image, mask = face.masked_image, face.mask
     if augment:
       if rng.random() < self.unmasked:
