@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # (training from scratch at small batches).
       norm="group",
       epsilon=0.0,           # of the norm; 0: its own default
+      # torchvision COCO maskrcnn_resnet50_fpn weights (.pth, or the .npz
+      # of `python -m jaxface.weights.segment`) to start from; needs
+      # norm=frozen (and freeze_at=2 to fine-tune as torchvision does).
+      init_from="",
       freeze_at=0,           # 2: stem and stage 1 fixed (fine-tuning)
       representation=1024,   # box head FC width
       mask_channels=256,     # mask head conv width

@@ -28,6 +28,7 @@ box AP@0.5 and mask AP@[.5:.95] (COCO-style, `metrics.average_precision`).
 import dataclasses
 from typing import Mapping
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -219,10 +220,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(m.fpn_channels % 32 == 0 or m.norm != "group", "model.fpn_channels",
           m.fpn_channels, "a multiple of 32")
     check(0 <= m.freeze_at <= 5, "model.freeze_at", m.freeze_at, "in [0, 5]")
+    check(not m.get("init_from") or m.norm == "frozen", "model.norm",
+          m.norm, "frozen when model.init_from is set (the COCO "
+          "backbone's BatchNorms are fixed statistics)")
     for key in ("rpn_positive", "roi_positive", "rpn_nms", "box_nms",
                 "box_score", "score_threshold"):
       check(0 <= m[key] <= 1, f"model.{key}", m[key], "in [0, 1]")
   else:
+    check(not m.get("init_from"), "model.init_from", m.get("init_from"),
+          "empty for the U-Net (the importer is Mask R-CNN's)")
     check(len(m.unet_widths) >= 2 and all(w >= 8 for w in m.unet_widths),
           "model.unet_widths", m.unet_widths, "two or more levels, >= 8 each")
     check(size % 2 ** (len(m.unet_widths) - 1) == 0, "data.image_size", size,
@@ -293,6 +299,21 @@ class SegmentTask(task_lib.Task):
     return task_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=self.tx.init(params),
                                model_state=variables)
+
+  def pretrained(self, state: task_lib.TrainState) -> task_lib.TrainState:
+    """The weights of `model.init_from` (torchvision COCO `.pth`, or the
+    `.npz` of `jaxface.weights.segment`), class-specific layers aside."""
+    path = self.config.model.get("init_from", "")
+    if not path:
+      return state
+    from jaxface.weights import segment as seg_weights  # pylint: disable=g-import-not-at-top
+    template = jax.device_get({"params": state.params, **state.model_state})
+    variables = seg_weights.load(path, template)
+    logging.info("Mask R-CNN weights loaded from %s", path)
+    return state.replace(
+        params=variables["params"],
+        model_state={**state.model_state,
+                     "batch_stats": variables["batch_stats"]})
 
   def _variables(self, state, params=None):
     return {"params": state.params if params is None else params,

@@ -463,6 +463,9 @@ def _train(setup: Setup, workdir: str) -> Any:
                  workdir)
   else:
     state = setup.init(jax.random.key(config.seed))
+    loaded = task.pretrained(state)
+    if loaded is not state:  # placed like the state the step expects
+      state = jax.device_put(loaded, setup.state_sharding)
   step = int(jax.device_get(state.step))
   if is_primary:  # only now: a refused checkpoint leaves the old config
     checkpoint.write_config(

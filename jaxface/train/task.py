@@ -38,6 +38,11 @@ task; the registry (`jaxface.tasks`) maps `config.task` to the class.
   uncounted_flops(batch_size) -> float
                        FLOPs of a training step that XLA's cost analysis
                        cannot see (custom calls); 0 by default
+  pretrained(state) -> state
+                       optional, host side: a fresh state with published
+                       or imported weights put in (e.g. COCO Mask R-CNN);
+                       the loop calls it once when a run starts from
+                       scratch, never on resume; default: unchanged
   baseline(spec) -> fn(host batch) -> {name: [B] values}
                        optional: a reference model (e.g. a teacher) that
                        `python -m jaxface.evaluate --baseline=SPEC` scores
@@ -154,6 +159,10 @@ class Task(abc.ABC):
     """FLOPs of one training step hidden from XLA's cost analysis."""
     del batch_size
     return 0.0
+
+  def pretrained(self, state: Any) -> Any:
+    """A fresh state with pretrained weights put in; unchanged by default."""
+    return state
 
   def baseline(self, spec: str) -> Callable[[Batch], dict[str, np.ndarray]]:
     """A host-side reference model scored like `eval_step`; none here."""

@@ -191,3 +191,25 @@ def test_summary_of_hand_made_detections():
   # (6 more) one of them (the 0.9, after the FP: precision 1/2).
   assert out["mask_ap/face_mask"] == pytest.approx(
       (3 * 2 / 3 + 6 * 0.5 * 51 / 101) / 10)
+
+
+def test_init_from_puts_imported_weights_into_a_fresh_state(tmp_path):
+  from jaxface.weights import npz  # pylint: disable=g-import-not-at-top
+  c = segment_config.get_config("tiny")
+  c.model.norm = "frozen"
+  task = segment.SegmentTask(c)
+  shapes = jax.eval_shape(task.init_state, jax.random.key(0))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  saved = {"params": jax.tree.map(lambda z: z + 0.5, zeros.params),
+           "batch_stats": jax.tree.map(lambda z: z + 2.0,
+                                       zeros.model_state["batch_stats"])}
+  npz.save_npz(tmp_path / "w.npz", saved)
+  c.model.init_from = str(tmp_path / "w.npz")
+  state = segment.SegmentTask(c).pretrained(zeros)
+  assert all(np.all(l == 0.5) for l in jax.tree.leaves(state.params))
+  assert all(np.all(l == 2.0) for l in jax.tree.leaves(
+      state.model_state["batch_stats"]))
+  # Not for a norm whose statistics are not COCO's frozen ones.
+  c.model.norm = "group"
+  with pytest.raises(ValueError, match="model.norm"):
+    segment.SegmentTask(c)

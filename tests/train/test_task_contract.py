@@ -113,3 +113,28 @@ def test_bad_shared_config_values_name_the_key():
   with pytest.raises(ValueError, match="config.train.batch_size=6.*multiple "
                      "of the 4"):
     loop.build(config)
+
+
+class _PretrainedToy(ToyPoints):
+  """Puts 0.25 into every parameter of a fresh state, and counts calls."""
+  calls = 0
+
+  def pretrained(self, state):
+    type(self).calls += 1
+    return state.replace(params=jax.tree.map(
+        lambda p: np.full(p.shape, 0.25, np.float32), jax.device_get(
+            state.params)))
+
+
+def test_pretrained_weights_go_into_a_fresh_run_only(tmp_path):
+  from jaxface import tasks  # pylint: disable=g-import-not-at-top
+  tasks.register("toy_points_pretrained", _PretrainedToy)
+  config = toy_config(num_steps=2)
+  config.task = "toy_points_pretrained"
+  config.optim.lr = 1e-12  # the steps leave the weights where they start
+  state = loop.train_and_evaluate(config, str(tmp_path))
+  for leaf in jax.tree.leaves(jax.device_get(state.params)):
+    np.testing.assert_allclose(leaf, 0.25, atol=1e-6)
+  config.train.num_steps = 3
+  loop.train_and_evaluate(config, str(tmp_path))  # resumes: not again
+  assert _PretrainedToy.calls == 1
