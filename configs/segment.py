@@ -91,14 +91,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # mosaic (none for evaluation).
   c.augment = ml_collections.ConfigDict(dict(
       rotation=15.0,        # degrees, either way
-      scale_min=0.6,        # zoom range: < 1 shows smaller faces
+      scale_min=0.4,        # zoom range: < 1 shows smaller faces, on a
+                            # plain colour
       scale_max=1.15,
       translation=0.1,      # fraction of the side
       brightness=0.1,
       contrast=0.2,
       saturation=0.3,
-      unmasked=0.1,         # faces without a mask (an empty map)
-      mosaic=0.3,           # 2x2 scenes of four faces at half size
+      unmasked=0.2,         # faces without a mask (an empty map)
+      mosaic=0.5,           # 2x2 scenes of four faces at half size
   ))
 
   c.losses = ml_collections.ConfigDict(dict(

@@ -81,20 +81,46 @@ def eval_config(config, *, source: str = "", size: int = 0,
 
 
 def format_table(summary: Mapping[str, float], title: str) -> str:
-  """One row per figure, columns all / female / male."""
+  """One row per figure, columns all / female / male.
+
+  A figure's per-gender values are its key with `/female`, `/male`
+  appended. Figures broken down by mask style (`<figure>/style/<style>`)
+  get a second table: one row per style, one column per figure.
+  """
   genders = list(schema.GENDERS)
-  rows = sorted({k.split("/")[0] for k in summary})
+  by_style = {k: v for k, v in summary.items() if "/style/" in k}
+  cells: dict[str, dict[str, float]] = {}
+  for key, value in summary.items():
+    if key in by_style:
+      continue
+    figure, _, last = key.rpartition("/")
+    if last not in genders:
+      figure, last = key, "all"
+    cells.setdefault(figure, {})[last] = value
   cols = ["all"] + [g for g in genders
-                    if any(k.endswith("/" + g) for k in summary)]
-  width = max(len(r) for r in rows) + 2
+                    if any(g in row for row in cells.values())]
+  width = max([len(r) for r in cells] + [8]) + 2
+
+  def cell(name, v):
+    return (f"{'-':>10}" if v is None else f"{v:>10.0f}"
+            if name.startswith("count") else f"{v:>10.4f}")
+
   lines = [title, " " * width + "".join(f"{c:>10}" for c in cols)]
-  for r in rows:
-    cells = []
-    for c in cols:
-      v = summary.get(r if c == "all" else f"{r}/{c}")
-      cells.append(f"{'-':>10}" if v is None else
-                   f"{v:>10.0f}" if r.startswith("count") else f"{v:>10.4f}")
-    lines.append(f"{r:<{width}}" + "".join(cells))
+  for r in sorted(cells):
+    lines.append(f"{r:<{width}}" + "".join(cell(r, cells[r].get(c))
+                                           for c in cols))
+  if by_style:
+    table: dict[str, dict[str, float]] = {}
+    for key, value in by_style.items():
+      figure, _, style = key.partition("/style/")
+      table.setdefault(style, {})[figure] = value
+    figures = sorted({k.partition("/style/")[0] for k in by_style})
+    width = max(len(s) for s in table) + 2
+    lines += ["", "per mask style" + " " * max(0, width - 14) + "".join(
+        f"{f:>12}" for f in figures)]
+    for style in sorted(table):
+      lines.append(f"{style:<{max(width, 14)}}" + "".join(
+          f"{cell(f, table[style].get(f)):>12}" for f in figures))
   return "\n".join(lines)
 
 

@@ -1,8 +1,13 @@
-r"""Training-step benchmark of any registered task: a table per compute dtype
-and batch size.
+r"""Training-step (or evaluation-step) benchmark of any registered task: a
+table per compute dtype and batch size.
 
   python -m jaxface.bench.train --config=configs/inpaint.py \
       --batch_sizes=16,32,64 --dtypes=bfloat16,float32
+
+  # Inference: the evaluation step (`--mode=eval`), e.g. the two
+  # segmentation networks:
+  python -m jaxface.bench.train --config=configs/segment.py:lite \
+      --mode=eval --batch_sizes=8 --dtypes=float32
 
   # CPU, tiny model (seconds):
   python -m jaxface.bench.train --config=configs/inpaint.py:tiny \
@@ -44,6 +49,10 @@ _ATTENTION = flags.DEFINE_list(
     "attention", [], "Tasks with config.model.attention_impl: the "
     "implementations to compare (auto, xla, chunked, "
     "cudnn); default: the config's.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval"], "train: the training step; eval: "
+    "the evaluation step (inference on a held-out batch and its "
+    "per-example metrics).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 _PEAK = flags.DEFINE_float("peak_tflops", 769.6,
@@ -80,25 +89,32 @@ def bench_one(base_config, batch_size: int, dtype: str, attention: str):
   batch = setup.put(pipeline.fixed_batch(setup.task.examples, config,
                                          setup.train_batch_size))
 
+  train = _MODE.value == "train"
+  step_fn = setup.train_step if train else setup.eval_step
   t0 = time.perf_counter()
-  compiled = setup.train_step.lower(state, batch, consts).compile()
+  compiled = step_fn.lower(state, batch, consts).compile()
   compile_s = time.perf_counter() - t0
   # cost_analysis() counts one device's SPMD program; the task's analytic
   # count is for the whole (global) batch.
   devices = setup.mesh.devices.size
   flops = (aot.cost_analysis(compiled).get("flops", 0.0) * devices
-           + setup.task.uncounted_flops(batch_size))
+           + (setup.task.uncounted_flops(batch_size) if train else 0.0))
+
+  def run(state):
+    if train:
+      return compiled(state, batch, consts)
+    return state, compiled(state, batch, consts)
 
   for _ in range(_WARMUP.value):
-    state, metrics = compiled(state, batch, consts)
+    state, metrics = run(state)
   jax.block_until_ready((state, metrics))
   times = []
   for _ in range(_STEPS.value):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, consts)
+    state, metrics = run(state)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
-  if not bool(metrics["finite"]):
+  if train and not bool(metrics["finite"]):
     print(f"warning: non-finite loss in {dtype} batch {batch_size}",
           file=sys.stderr)
   ms = statistics.median(times) * 1e3
@@ -119,7 +135,7 @@ def main(argv):
   config = _CONFIG.value
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} x{jax.device_count()} ({dev.platform}), "
-        f"jax {jax.__version__}; task {config.task}, image "
+        f"jax {jax.__version__}; {_MODE.value} step of task {config.task}, image "
         f"{config.data.image_size}px; median of {_STEPS.value} steps after "
         f"{_WARMUP.value} warm-up")
   header = (f"{'dtype':>9} {'attn':>5} {'batch':>5} {'step ms':>9} "

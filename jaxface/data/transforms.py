@@ -119,18 +119,22 @@ def hflip(example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def random_affine(image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray,
                   rng: np.random.Generator, *, rotation: float = 0.0,
                   scale: tuple[float, float] = (1.0, 1.0),
-                  translation: float = 0.0
+                  translation: float = 0.0,
+                  fill: tuple[int, int, int] | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One random similarity about the centre, applied to all three.
 
   Args:
-    image: uint8 [S, S, 3] (bilinear; borders replicate the edge).
+    image: uint8 [S, S, 3] (bilinear; what comes in from outside
+      replicates the edge, or is `fill`).
     mask: uint8 [S, S, 1] (nearest; outside the image is 0).
     landmarks: float32 [K, 2] integer-centred pixel points; moved exactly.
     rng: the draw.
     rotation: max degrees either way.
     scale: the zoom range (below 1: smaller faces, more background).
     translation: max shift, fraction of the side.
+    fill: the RGB colour of what comes in from outside the image; None:
+      the edge pixels, replicated.
 
   Returns:
     (image, mask, landmarks), transformed.
@@ -144,8 +148,13 @@ def random_affine(image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray,
   matrix[:, 2] += rng.uniform(-translation, translation, 2) * size
   # warpAffine maps pixel centres (integer coordinates) by `matrix`, the
   # same convention as the landmarks: the points move exactly.
+  if fill is None:
+    border = dict(borderMode=cv2.BORDER_REPLICATE)
+  else:
+    border = dict(borderMode=cv2.BORDER_CONSTANT,
+                  borderValue=tuple(int(c) for c in fill))
   image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+                         **border)
   mask = cv2.warpAffine(mask, matrix, (size, size), flags=cv2.INTER_NEAREST,
                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
   landmarks = (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)

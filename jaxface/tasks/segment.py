@@ -100,10 +100,13 @@ class MakeExample:
     if augment:
       if rng.random() < self.unmasked:
         image, mask = face.image, np.zeros_like(face.mask)
+      # Zoomed-out faces sit on a plain colour: nothing of the photo is
+      # smeared or mirrored into view without its part of the map.
+      fill = tuple(rng.integers(0, 256, 3))
       image, mask, landmarks = transforms.random_affine(
           image, mask, landmarks, rng, rotation=self.rotation,
           scale=(self.scale_min, self.scale_max),
-          translation=self.translation)
+          translation=self.translation, fill=fill)
       image = transforms.colour_jitter(
           image, rng, brightness=self.brightness, contrast=self.contrast,
           saturation=self.saturation)

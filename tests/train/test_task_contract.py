@@ -95,6 +95,12 @@ def test_the_training_benchmark_runs_any_registered_task():
   row = bench_train.bench_one(toy_config(), 8, "float32", "")
   assert row["batch"] == 8 and row["ms"] > 0 and row["gflop_img"] > 0
   assert row["attention"] == "-"
+  flags.FLAGS.mode = "eval"  # the evaluation step instead
+  try:
+    row = bench_train.bench_one(toy_config(), 8, "float32", "")
+  finally:
+    flags.FLAGS.mode = "train"
+  assert row["ms"] > 0 and row["gflop_img"] > 0
 
 
 def test_bad_shared_config_values_name_the_key():
