@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       pre_nms_test=1000, post_nms_test=1000,
       rpn_nms=0.7,
       rpn_samples=256, rpn_positive=0.5,
+      # RoIAlign's `aligned`: False as torchvision's Mask R-CNN (what its
+      # COCO weights saw); True: half-pixel-correct (RoIAlignV2).
+      roi_aligned=False,
       roi_samples=512, roi_positive=0.25,
       box_score=0.05, box_nms=0.5, max_detections=100,
       # Face-mask detections at or above this score make the map M.

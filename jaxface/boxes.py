@@ -10,7 +10,7 @@ selections (NMS, sampling) return fixed numbers of indices.
 The constants and rules are torchvision's `maskrcnn_resnet50_fpn`
 (../REFERENCE.md section 9), so its COCO weights behave here as there:
 anchors rounded to integers, box deltas clipped at log(1000 / 16), RoIAlign
-`aligned=True` with a fixed sampling ratio.
+with a fixed sampling ratio (`aligned` as torchvision: False by default).
 """
 
 import math
@@ -192,8 +192,9 @@ def _sample_weights(start: jax.Array, length: jax.Array, bins: int,
 
 
 def roi_align(features: jax.Array, boxes: jax.Array, output_size: int,
-              spatial_scale: float, sampling_ratio: int = 2) -> jax.Array:
-  """RoIAlign (`aligned=True`) of one image's feature map.
+              spatial_scale: float, sampling_ratio: int = 2,
+              aligned: bool = False) -> jax.Array:
+  """RoIAlign of one image's feature map (torchvision's `roi_align`).
 
   Bilinear sampling is separable, so each output is `Wy @ F @ Wx^T` with
   sparse interpolation matrices: two matmuls per RoI, which suit every
@@ -206,16 +207,21 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int,
     spatial_scale: feature cells per image pixel (1 / stride).
     sampling_ratio: samples per bin per side (torchvision's 2; fixed, not
       adaptive, so shapes are static).
+    aligned: False: torchvision's default, which its Mask R-CNN (and so
+      its COCO weights) uses: box corners scaled as they are, RoIs at
+      least one cell wide. True: shifted by half a cell so that pixel
+      centres land on feature-cell centres (Detectron2's RoIAlignV2).
 
   Returns:
     [R, output_size, output_size, C].
   """
   h, w, _ = features.shape
-  b = boxes * spatial_scale - 0.5  # aligned: pixel centres at +0.5
-  wy = _sample_weights(b[:, 1], b[:, 3] - b[:, 1], output_size,
-                       sampling_ratio, h)
-  wx = _sample_weights(b[:, 0], b[:, 2] - b[:, 0], output_size,
-                       sampling_ratio, w)
+  b = boxes * spatial_scale - (0.5 if aligned else 0.0)
+  width, height = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+  if not aligned:
+    width, height = jnp.maximum(width, 1.0), jnp.maximum(height, 1.0)
+  wy = _sample_weights(b[:, 1], height, output_size, sampling_ratio, h)
+  wx = _sample_weights(b[:, 0], width, output_size, sampling_ratio, w)
   wy, wx = wy.astype(features.dtype), wx.astype(features.dtype)
   rows = jnp.einsum("rph,hwc->rpwc", wy, features)
   return jnp.einsum("rpwc,rqw->rpqc", rows, wx)

@@ -69,7 +69,10 @@ def read_photos(folder: str, size: int, limit: int = 0
 
 def predict(workdir: str, images: np.ndarray, *, step: int | None = None,
             batch_size: int = 8) -> dict[str, np.ndarray]:
-  """The segment task's `predict` of a run's checkpoint on uint8 images."""
+  """The segment task's `predict` of a run's checkpoint on uint8 images.
+
+  Returns its outputs, plus `score_threshold` (the run's, for Mask R-CNN).
+  """
   config = loop.read_config(workdir)
   config.data.image_size = images.shape[1]
   setup = loop.build(config, devices=jax.local_devices()[:1])
@@ -85,16 +88,19 @@ def predict(workdir: str, images: np.ndarray, *, step: int | None = None,
                                         chunk.dtype)])
     out = jax.device_get(fn(state, x.astype(np.float32) / 255.0))
     parts.append(jax.tree.map(lambda a, n=len(chunk): a[:n], out))
-  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+  out = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+  out["score_threshold"] = config.model.get("score_threshold", 0.5)
+  return out
 
 
-def draw(images: np.ndarray, pred: dict[str, np.ndarray],
-         score_threshold: float = 0.5) -> np.ndarray:
-  """float [N, S, S, 3] overlays: M in red, boxes for Mask R-CNN."""
+def draw(images: np.ndarray, pred: dict[str, np.ndarray]) -> np.ndarray:
+  """float [N, S, S, 3] overlays: M in red, boxes for Mask R-CNN (those
+  scoring at least the run's threshold, like the map)."""
   out = visualize.overlay(images, pred["map"], (1.0, 0.0, 0.0), alpha=0.55)
   det = pred.get("detections")
   if det is not None:
-    ok = np.asarray(det["valid"], bool) & (det["scores"] >= score_threshold)
+    ok = np.asarray(det["valid"], bool) & (
+        det["scores"] >= pred["score_threshold"])
     out = visualize.draw_boxes(out, det["boxes"], ok & (det["classes"] == 1),
                                (1.0, 1.0, 0.0))
     out = visualize.draw_boxes(out, det["boxes"], ok & (det["classes"] == 2),

@@ -136,12 +136,16 @@ def _np_bilinear(f, y, x):
           + ly * (1 - lx) * f[y1, x0] + ly * lx * f[y1, x1])
 
 
-def _np_roi_align(f, boxes, out, scale, g):
+def _np_roi_align(f, boxes, out, scale, g, aligned):
   f = f.astype(np.float64)
   res = np.zeros((len(boxes), out, out, f.shape[-1]))
+  shift = 0.5 if aligned else 0.0
   for r, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):
-    sx, sy = x1 * scale - 0.5, y1 * scale - 0.5
-    bw, bh = (x2 - x1) * scale / out, (y2 - y1) * scale / out
+    sx, sy = x1 * scale - shift, y1 * scale - shift
+    w, h = (x2 - x1) * scale, (y2 - y1) * scale
+    if not aligned:  # legacy RoIAlign: at least one cell
+      w, h = max(w, 1.0), max(h, 1.0)
+    bw, bh = w / out, h / out
     for p in range(out):
       for q in range(out):
         acc = 0.0
@@ -153,20 +157,24 @@ def _np_roi_align(f, boxes, out, scale, g):
   return res
 
 
-def test_roi_align_matches_torchvisions_rule():
+@pytest.mark.parametrize("aligned", [False, True])
+def test_roi_align_matches_torchvisions_rule(aligned):
   rng = np.random.default_rng(3)
   f = rng.normal(size=(12, 10, 3)).astype(np.float32)
-  # Image 40x48 pixels at stride 4, boxes partly outside it too.
+  # Image 40x48 pixels at stride 4, boxes partly outside it too, and one
+  # narrower than a cell.
   boxes = _random_boxes(rng, 12, size=44)
   boxes[0] = [-10, -6, 8, 9]
   boxes[1] = [30, 40, 60, 70]
-  got = np.asarray(box_ops.roi_align(f, boxes, 5, 0.25, 2), np.float64)
-  want = _np_roi_align(f, boxes, 5, 0.25, 2)
+  boxes[2] = [10, 10, 11.5, 30]
+  got = np.asarray(box_ops.roi_align(f, boxes, 5, 0.25, 2, aligned),
+                   np.float64)
+  want = _np_roi_align(f, boxes, 5, 0.25, 2, aligned)
   # Two float32 contractions of <= 12 terms, plus the sample positions'
   # rounding (<= ~16 ulps of coordinates below 20), which moves a sample by
   # that much: at most 2 max|f| per cell of movement.
   bound = (numerics.gamma(24) * np.abs(_np_roi_align(np.abs(f), boxes, 5,
-                                                     0.25, 2))
+                                                     0.25, 2, aligned))
            + 16 * numerics.U32 * 20 * 2 * np.abs(f).max())
   numerics.assert_within(got, want, bound, "roi_align")
 

@@ -303,13 +303,15 @@ def roi_levels(rois: jax.Array, num_levels: int = 4) -> jax.Array:
 
 
 def multiscale_roi_align(features: Sequence[jax.Array], rois: jax.Array,
-                         output_size: int,
-                         sampling_ratio: int = 2) -> jax.Array:
+                         output_size: int, sampling_ratio: int = 2,
+                         aligned: bool = False) -> jax.Array:
   """RoIAlign of each RoI from its level of P2-P5 (one image).
 
   Args:
     features: [P2, P3, P4, P5], each [h, w, C] (P6 is not pooled).
     rois: [R, 4] image pixels.
+    output_size, sampling_ratio, aligned: as `boxes.roi_align`
+      (torchvision's MultiScaleRoIAlign: sampling 2, not aligned).
 
   Returns:
     [R, output_size, output_size, C].
@@ -318,7 +320,7 @@ def multiscale_roi_align(features: Sequence[jax.Array], rois: jax.Array,
   out = 0.0
   for i, f in enumerate(features):
     pooled = box_ops.roi_align(f, rois, output_size, 1.0 / STRIDES[i],
-                               sampling_ratio)
+                               sampling_ratio, aligned)
     out = out + pooled * (level == i)[:, None, None, None].astype(f.dtype)
   return out
 
@@ -465,7 +467,8 @@ def box_head_loss(logits: jax.Array, deltas: jax.Array, s: dict,
 
 
 def mask_targets(instance_map: jax.Array, rois: jax.Array,
-                 gt_boxes: jax.Array, size: int = MASK_SIZE) -> jax.Array:
+                 gt_boxes: jax.Array, size: int = MASK_SIZE,
+                 aligned: bool = False) -> jax.Array:
   """[R, size, size] binary targets: the map inside each matched box.
 
   `instance_map` [H, W] holds the masks of all instances of one class; the
@@ -473,9 +476,10 @@ def mask_targets(instance_map: jax.Array, rois: jax.Array,
   (the synthetic scenes never overlap two face masks). The map is RoIAligned
   over the RoI (as torchvision's `project_masks_on_boxes`), multiplied by
   whether each bin centre lies in the ground-truth box, and thresholded at
-  0.5.
+  0.5. `aligned` as the features' RoIAlign.
   """
-  pooled = box_ops.roi_align(instance_map[..., None], rois, size, 1.0)[..., 0]
+  pooled = box_ops.roi_align(instance_map[..., None], rois, size, 1.0,
+                             aligned=aligned)[..., 0]
   t = (jnp.arange(size) + 0.5) / size
   xs = rois[:, None, 0] + t[None] * (rois[:, None, 2] - rois[:, None, 0])
   ys = rois[:, None, 1] + t[None] * (rois[:, None, 3] - rois[:, None, 1])
@@ -553,13 +557,22 @@ def paste_masks(masks: jax.Array, boxes: jax.Array, height: int,
                 width: int) -> jax.Array:
   """[D, height, width] probabilities: each 28x28 mask stretched into its box.
 
-  Separable bilinear resampling (`Wy @ m @ Wx^T`), zero outside the box;
-  no loops, static shapes.
+  As torchvision's `paste_masks_in_image`: the mask gets a border of zero
+  cells and the box grows by (M + 2) / M to hold it, so a probability
+  falls to half the edge cell's at the box's edge and to 0 half a cell
+  beyond (torchvision then rounds the grown box to whole pixels; here it
+  stays exact). Separable bilinear resampling (`Wy @ m @ Wx^T`); no loops,
+  static shapes.
   """
   m = masks.shape[-1]
-  wy = _paste_weights(boxes[:, 1], boxes[:, 3], height, m)
-  wx = _paste_weights(boxes[:, 0], boxes[:, 2], width, m)
-  return jnp.einsum("dhm,dmn,dwn->dhw", wy, masks, wx)
+  padded = jnp.pad(masks, ((0, 0), (1, 1), (1, 1)))
+  grow = (m + 2) / m
+  cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+  hw = (boxes[:, 2] - boxes[:, 0]) * grow / 2
+  hh = (boxes[:, 3] - boxes[:, 1]) * grow / 2
+  wy = _paste_weights(cy - hh, cy + hh, height, m + 2)
+  wx = _paste_weights(cx - hw, cx + hw, width, m + 2)
+  return jnp.einsum("dhm,dmn,dwn->dhw", wy, padded, wx)
 
 
 def dilate(binary: jax.Array, pixels: int) -> jax.Array:
@@ -625,6 +638,7 @@ class MaskRCNN(nn.Module):
       (256 / 0.5, 512 / 0.25).
     mask_classes: classes whose masks are supervised (the face class has
       no mask target: its boxes train detection only).
+    roi_aligned: RoIAlign's `aligned` (torchvision's Mask R-CNN: False).
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
@@ -648,6 +662,7 @@ class MaskRCNN(nn.Module):
   roi_samples: int = 512
   roi_positive: float = 0.25
   mask_classes: Sequence[int] = (FACE_MASK,)
+  roi_aligned: bool = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -679,8 +694,8 @@ class MaskRCNN(nn.Module):
 
   def _pool(self, features, rois, size):
     """[B, R, size, size, C] from P2-P5 of each image."""
-    return jax.vmap(lambda f, r: multiscale_roi_align(f, r, size))(
-        features[:4], rois)
+    return jax.vmap(lambda f, r: multiscale_roi_align(
+        f, r, size, aligned=self.roi_aligned))(features[:4], rois)
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     """Detections of [B, S, S, 3] images in [0, 1].
@@ -761,7 +776,9 @@ class MaskRCNN(nn.Module):
     mask_logits = self.mask_head(
         self._pool(f, pos_rois, 14).reshape(bsz * p, 14, 14, -1))
     matched_boxes = jnp.take_along_axis(gt_boxes, matched[..., None], 1)
-    targets = jax.vmap(mask_targets)(instance_map, pos_rois, matched_boxes)
+    targets = jax.vmap(lambda m, r, g: mask_targets(
+        m, r, g, aligned=self.roi_aligned))(instance_map, pos_rois,
+                                            matched_boxes)
     supervised = s["positive"][:, :p] & jnp.isin(
         classes, jnp.asarray(self.mask_classes))
     mask = mask_loss(mask_logits, classes.reshape(-1),

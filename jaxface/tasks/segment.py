@@ -12,12 +12,14 @@ The synthetic masks of the data layer give exact maps, and boxes for free:
   host (`MakeExample`): the masked face (sometimes the clean one: no mask,
     an empty map), its mask, and the face box from the landmarks
     (`face_box`, this task's own key: float32 [4], `jaxface.boxes`
-    coordinates); scale / rotation / translation jitter (zooming out gives
+    coordinates) and the boxes of the face masks (`mask_boxes`, [K, 4],
+    one per connected part of the map: a labelled photo may show several
+    people); scale / rotation / translation jitter (zooming out gives
     small faces) and colour jitter; the data layer has flipped it;
   device (`scenes`): with probability `augment.mosaic` an example becomes a
     2x2 mosaic of four faces of the batch at half size, so the detector
-    sees several people per photo; each face-mask box is the extent of its
-    tile's map, each face box its face's box, `MAX_OBJECTS` slots in all.
+    sees several people per photo; the boxes follow their tiles,
+    `MAX_OBJECTS` slots in all.
 
 Evaluation: IoU, Dice and boundary F-score of M, and the share of
 face-mask pixels M leaves uncovered (the paper's failure mode: mask left
@@ -29,6 +31,7 @@ import dataclasses
 from typing import Mapping
 
 from absl import logging
+import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -49,12 +52,18 @@ from jaxface.train import task as task_lib
 
 MODELS = ("maskrcnn", "unet")
 NORMS = seg.NORMS
-# This task's own batch key: the face's box, float32 [B, 4].
+# This task's own batch keys: the face's box, float32 [B, 4], and the face
+# masks' boxes, float32 [B, MASKS_PER_FACE, 4], one per connected part of
+# the map (NaN: none, or unknown).
 FACE_BOX = "face_box"
+MASK_BOXES = "mask_boxes"
 KEYS = (schema.MASKED_IMAGE, schema.MASK, schema.GENDER, schema.MASK_STYLE,
-        FACE_BOX)
-# Ground-truth slots per scene: a face mask and a face on each of 4 tiles.
-MAX_OBJECTS = 8
+        FACE_BOX, MASK_BOXES)
+# Face masks per example (a labelled photo may show several people).
+MASKS_PER_FACE = 3
+# Ground-truth slots per scene: the face masks and a face on each of 4
+# mosaic tiles.
+MAX_OBJECTS = 4 * (MASKS_PER_FACE + 1)
 # Boxes smaller than this many pixels of area are no objects.
 MIN_BOX_AREA = 4.0
 # The forehead above the eyebrows, a share of the landmarks' height.
@@ -74,6 +83,36 @@ def face_box(landmarks: np.ndarray) -> np.ndarray:
   hi = np.max(landmarks, axis=0) + 1.0
   top = lo[1] - FOREHEAD * (hi[1] - lo[1])
   return np.array([lo[0], top, hi[0], hi[1]], np.float32)
+
+
+def mask_boxes(mask: np.ndarray, count: int = MASKS_PER_FACE,
+               join: int = 3) -> np.ndarray:
+  """float32 [count, 4]: the boxes of a map's face masks, largest first.
+
+  One per connected part of the map (parts closer than `join` pixels are
+  one mask: straps, or a mask split by the renderer's shading), each the
+  extent of its pixels (`jaxface.boxes` coordinates); parts smaller than 2 %
+  of the largest are noise. NaN rows where there are fewer masks.
+  """
+  m = np.asarray(mask).reshape(mask.shape[0], mask.shape[1]) > 0
+  out = np.full((count, 4), np.nan, np.float32)
+  if not m.any():
+    return out
+  kernel = np.ones((2 * join + 1, 2 * join + 1), np.uint8)
+  joined = cv2.dilate(m.astype(np.uint8), kernel)
+  n, labels = cv2.connectedComponents(joined, connectivity=8)
+  parts = []
+  for label in range(1, n):
+    ys, xs = np.nonzero(m & (labels == label))
+    if len(ys):
+      parts.append((len(ys), [xs.min(), ys.min(), xs.max() + 1,
+                              ys.max() + 1]))
+  parts.sort(key=lambda p: -p[0])
+  parts = [p for p in parts if p[0] >= max(MIN_BOX_AREA,
+                                           0.02 * parts[0][0])]
+  for i, (_, box) in enumerate(parts[:count]):
+    out[i] = box
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +137,9 @@ class MakeExample:
     landmarks = np.asarray(face.landmarks, np.float32)
     image, mask = face.masked_image, face.mask
     if augment:
-      if rng.random() < self.unmasked:
+      # A photo with its own, real mask has no clean face to show instead.
+      has_clean = not np.array_equal(face.image, face.masked_image)
+      if rng.random() < self.unmasked and has_clean:
         image, mask = face.image, np.zeros_like(face.mask)
       # Zoomed-out faces sit on a plain colour: nothing of the photo is
       # smeared or mirrored into view without its part of the map.
@@ -112,41 +153,39 @@ class MakeExample:
           saturation=self.saturation)
     return {schema.MASKED_IMAGE: image, schema.MASK: mask,
             schema.GENDER: face.gender, schema.MASK_STYLE: face.mask_style,
-            FACE_BOX: face_box(landmarks)}
+            FACE_BOX: face_box(landmarks), MASK_BOXES: mask_boxes(mask)}
 
 
 # ------------------------------------------------------------------ scenes
-def map_box(maps: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The extent of binary maps [B, H, W] as boxes [B, 4], and valid [B]."""
-  h, w = maps.shape[1:]
-  rows, cols = jnp.any(maps > 0.5, axis=2), jnp.any(maps > 0.5, axis=1)
-  y1 = jnp.argmax(rows, axis=1)
-  y2 = h - jnp.argmax(rows[:, ::-1], axis=1)
-  x1 = jnp.argmax(cols, axis=1)
-  x2 = w - jnp.argmax(cols[:, ::-1], axis=1)
-  b = jnp.stack([x1, y1, x2, y2], axis=-1).astype(jnp.float32)
-  return b, jnp.any(rows, axis=1) & (box_ops.area(b) >= MIN_BOX_AREA)
+def _objects(mask_boxes, face_boxes, scale=1.0, offset=(0.0, 0.0),
+             window=None):
+  """Boxes [B, K + 1, 4] (K face masks, then the face) and valid [B, K + 1].
 
-
-def _objects(maps, face_boxes, size, scale=1.0, offset=(0.0, 0.0)):
-  """[B, 2, 4] boxes (face mask, face), [B, 2] valid, of single faces."""
-  mb, mv = map_box(maps)
+  The boxes of single faces, scaled by `scale` and shifted by `offset`
+  (a mosaic tile), clipped to `window` (x1, y1, x2, y2: the tile, or the
+  image); NaN boxes (padding, unknown faces) and boxes smaller than
+  `MIN_BOX_AREA` are invalid (and zero).
+  """
+  boxes = jnp.concatenate([mask_boxes, face_boxes[:, None]], 1)
   off = jnp.asarray([offset[0], offset[1], offset[0], offset[1]])
-  fb = box_ops.clip(face_boxes * scale + off, size, size)
-  fv = jnp.all(jnp.isfinite(face_boxes), -1) & (
-      box_ops.area(fb) >= MIN_BOX_AREA)
-  fb = jnp.where(jnp.isfinite(fb), fb, 0.0)
-  return jnp.stack([mb, fb], 1), jnp.stack([mv, fv], 1)
+  boxes = boxes * scale + off
+  lo = jnp.asarray(window[:2] * 2)
+  hi = jnp.asarray(window[2:] * 2)
+  boxes = jnp.clip(boxes, lo, hi)
+  valid = jnp.all(jnp.isfinite(boxes), -1) & (
+      box_ops.area(boxes) >= MIN_BOX_AREA)
+  return jnp.where(valid[..., None], boxes, 0.0), valid
 
 
-def scenes(image: jax.Array, mask: jax.Array, face_boxes: jax.Array,
-           mosaic: jax.Array) -> dict[str, jax.Array]:
+def scenes(image: jax.Array, mask: jax.Array, mask_boxes: jax.Array,
+           face_boxes: jax.Array, mosaic: jax.Array) -> dict[str, jax.Array]:
   """Training scenes of a batch: single faces or 2x2 mosaics of four.
 
   Args:
     image: [B, S, S, 3] in [0, 1]; S even.
     mask: [B, S, S, 1].
-    face_boxes: [B, 4].
+    mask_boxes: [B, K, 4] the face masks' boxes (NaN: none).
+    face_boxes: [B, 4] (NaN: unknown).
     mosaic: [B] bool, which examples become mosaics (of examples i, i + 1,
       i + 2, i + 3 of the batch, cyclically, each at half size).
 
@@ -156,40 +195,37 @@ def scenes(image: jax.Array, mask: jax.Array, face_boxes: jax.Array,
   """
   b, s = image.shape[:2]
   h = s // 2
+  k = mask_boxes.shape[1] + 1
   maps = mask[..., 0]
-  classes = jnp.tile(jnp.asarray([seg.FACE_MASK, seg.FACE], jnp.int32),
-                     MAX_OBJECTS // 2)
-  single_boxes, single_valid = _objects(maps, face_boxes, s)
-  pad = MAX_OBJECTS - 2
-  single_boxes = jnp.pad(single_boxes, ((0, 0), (0, pad), (0, 0)))
-  single_valid = jnp.pad(single_valid, ((0, 0), (0, pad)))
+  classes = jnp.tile(jnp.asarray([seg.FACE_MASK] * (k - 1) + [seg.FACE],
+                                 jnp.int32), 4)
+  single_boxes, single_valid = _objects(mask_boxes, face_boxes,
+                                        window=(0, 0, s, s))
+  single_boxes = jnp.pad(single_boxes, ((0, 0), (0, 3 * k), (0, 0)))
+  single_valid = jnp.pad(single_valid, ((0, 0), (0, 3 * k)))
   small_img = image.reshape(b, h, 2, h, 2, 3).mean((2, 4))
   small_map = (maps.reshape(b, h, 2, h, 2).mean((2, 4)) >= 0.5).astype(
       maps.dtype)
   tiles_img, tiles_map, tile_boxes, tile_valid = [], [], [], []
   for t in range(4):
     oy, ox = (t // 2) * h, (t % 2) * h
-    src_map = jnp.roll(small_map, -t, axis=0)
     tiles_img.append(jnp.roll(small_img, -t, axis=0))
-    tiles_map.append(src_map)
-    placed = jnp.pad(src_map, ((0, 0), (oy, h - oy), (ox, h - ox)))
-    bx, v = _objects(placed, jnp.roll(face_boxes, -t, axis=0), s, 0.5,
-                     (ox, oy))
+    tiles_map.append(jnp.roll(small_map, -t, axis=0))
+    bx, v = _objects(jnp.roll(mask_boxes, -t, axis=0),
+                     jnp.roll(face_boxes, -t, axis=0), 0.5, (ox, oy),
+                     (ox, oy, ox + h, oy + h))
     tile_boxes.append(bx)
     tile_valid.append(v)
-  top = jnp.concatenate(tiles_img[:2], 2)
-  bottom = jnp.concatenate(tiles_img[2:], 2)
-  mosaic_img = jnp.concatenate([top, bottom], 1)
+  mosaic_img = jnp.concatenate([jnp.concatenate(tiles_img[:2], 2),
+                                jnp.concatenate(tiles_img[2:], 2)], 1)
   mosaic_map = jnp.concatenate([jnp.concatenate(tiles_map[:2], 2),
                                 jnp.concatenate(tiles_map[2:], 2)], 1)
-  mosaic_boxes = jnp.concatenate(tile_boxes, 1)
-  mosaic_valid = jnp.concatenate(tile_valid, 1)
   pick = lambda a, c: jnp.where(
       mosaic.reshape((b,) + (1,) * (a.ndim - 1)), a, c)
   return {"image": pick(mosaic_img, image), "map": pick(mosaic_map, maps),
-          "boxes": pick(mosaic_boxes, single_boxes),
-          "classes": jnp.broadcast_to(classes, (b, MAX_OBJECTS)),
-          "valid": pick(mosaic_valid, single_valid)}
+          "boxes": pick(jnp.concatenate(tile_boxes, 1), single_boxes),
+          "classes": jnp.broadcast_to(classes, (b, 4 * k)),
+          "valid": pick(jnp.concatenate(tile_valid, 1), single_valid)}
 
 
 def instances(maps: jax.Array, boxes: jax.Array) -> jax.Array:
@@ -264,7 +300,8 @@ def make_model(config: ml_collections.ConfigDict, dtype) -> "seg.MaskRCNN | seg.
       box_score=m.box_score, box_nms=m.box_nms,
       max_detections=m.max_detections, rpn_samples=m.rpn_samples,
       rpn_positive=m.rpn_positive, roi_samples=m.roi_samples,
-      roi_positive=m.roi_positive, dtype=dtype)
+      roi_positive=m.roi_positive, roi_aligned=m.get("roi_aligned", False),
+      dtype=dtype)
 
 
 # ------------------------------------------------------------------- task
@@ -334,7 +371,7 @@ class SegmentTask(task_lib.Task):
     b = batch[schema.MASKED_IMAGE].shape[0]
     mosaic = jax.random.uniform(rng_mosaic, (b,)) < self.config.augment.mosaic
     sc = scenes(batch[schema.MASKED_IMAGE], batch[schema.MASK],
-                batch[FACE_BOX], mosaic)
+                batch[MASK_BOXES], batch[FACE_BOX], mosaic)
     variables = {"params": params, **model_state}
     if self.is_rcnn:
       mutable = (["batch_stats"] if self.config.model.norm == "batch"
@@ -414,7 +451,7 @@ class SegmentTask(task_lib.Task):
            "mask_style": batch[schema.MASK_STYLE]}
     if self.is_rcnn:
       out.update(detection_overlaps(pred["detections"], target[..., 0],
-                                    batch[FACE_BOX]))
+                                    batch[MASK_BOXES], batch[FACE_BOX]))
     return out
 
   def summarize_eval(self, per_example: Mapping[str, np.ndarray]
@@ -466,18 +503,20 @@ def _init_all(module: seg.MaskRCNN, images: jax.Array):
 
 
 def detection_overlaps(det: Mapping[str, jax.Array], maps: jax.Array,
-                       face_boxes: jax.Array) -> dict[str, jax.Array]:
-  """What `average_precision` needs of a batch of single faces.
+                       mask_boxes: jax.Array, face_boxes: jax.Array
+                       ) -> dict[str, jax.Array]:
+  """What `average_precision` needs of a batch of (unmosaicked) examples.
 
-  Ground truth per image: the face mask (the map's extent and the map)
-  and the face (its box; no mask). Returns [B, D] scores, classes and
-  valid, [B, G] ground-truth classes and valid, and [B, D, G] box and
+  Ground truth per image: the face masks (their boxes, and the map inside
+  each) and the face (its box; no mask). Returns [B, D] scores, classes
+  and valid, [B, G] ground-truth classes and valid, and [B, D, G] box and
   mask IoUs.
   """
   s = maps.shape[1]
-  gt_boxes, gt_valid = _objects(maps, face_boxes, s)
-  gt_classes = jnp.broadcast_to(jnp.asarray([seg.FACE_MASK, seg.FACE]),
-                                gt_valid.shape)
+  gt_boxes, gt_valid = _objects(mask_boxes, face_boxes, window=(0, 0, s, s))
+  k = mask_boxes.shape[1]
+  gt_classes = jnp.broadcast_to(
+      jnp.asarray([seg.FACE_MASK] * k + [seg.FACE]), gt_valid.shape)
   box_iou = jax.vmap(box_ops.iou)(det["boxes"], gt_boxes)
   pasted = jax.vmap(lambda d: seg.paste_masks(d["masks"], d["boxes"], s, s))(
       det) >= 0.5                                           # [B, D, S, S]

@@ -1,5 +1,6 @@
 """The segmentation task: examples, scenes, steps of both networks, summary."""
 
+import dataclasses
 import pathlib
 import sys
 
@@ -60,6 +61,8 @@ def test_make_example_keys_and_paths():
   np.testing.assert_array_equal(plain[schema.MASK], face.mask)
   np.testing.assert_allclose(plain[segment.FACE_BOX],
                              segment.face_box(face.landmarks))
+  np.testing.assert_array_equal(plain[segment.MASK_BOXES][0],
+                                [20, 36, 44, 52])
   assert plain[schema.MASK_STYLE] == 3
   moved = make(face, np.random.default_rng(1), True)
   assert moved[schema.MASK].shape == (64, 64, 1)
@@ -67,40 +70,72 @@ def test_make_example_keys_and_paths():
   clean = segment.MakeExample(unmasked=1.0)(face, np.random.default_rng(0),
                                             True)
   assert not clean[schema.MASK].any()
+  assert np.isnan(clean[segment.MASK_BOXES]).all()
   np.testing.assert_array_equal(clean[schema.MASKED_IMAGE], face.image)
+  # A photo wearing a real mask (no clean face behind it) keeps its mask.
+  real = dataclasses.replace(face, image=face.masked_image)
+  kept = segment.MakeExample(unmasked=1.0)(real, np.random.default_rng(0),
+                                           True)
+  np.testing.assert_array_equal(kept[schema.MASK], face.mask)
 
 
 # ------------------------------------------------------------------ scenes
+def test_mask_boxes_one_per_part_largest_first():
+  m = np.zeros((32, 32, 1), np.uint8)
+  m[2:6, 2:10] = 1       # 32 px
+  m[20:30, 20:30] = 1    # 100 px
+  m[20:30, 31] = 1       # 1 px away from it: the same mask
+  m[0, 31] = 1           # a stray pixel: noise
+  boxes = segment.mask_boxes(m)
+  np.testing.assert_array_equal(boxes[0], [20, 20, 32, 30])
+  np.testing.assert_array_equal(boxes[1], [2, 2, 10, 6])
+  assert np.isnan(boxes[2]).all()
+  assert np.isnan(segment.mask_boxes(np.zeros_like(m))).all()
+
+
 def test_scenes_single_and_mosaic_boxes():
-  b, s = 4, 32
+  b, s, k = 4, 32, segment.MASKS_PER_FACE
   image = np.stack([np.full((s, s, 3), i / 4, np.float32) for i in range(b)])
   mask = np.zeros((b, s, s, 1), np.float32)
+  mboxes = np.full((b, k, 4), np.nan, np.float32)
   for i in range(b):
-    mask[i, 8 + i:16 + i, 4:20] = 1       # box (4, 8 + i, 20, 16 + i)
-  faces = np.array([[2, 2, 22, 26 + i] for i in range(b)], np.float32)
-  out = segment.scenes(image, mask, faces, np.array([False, True, False,
-                                                     False]))
+    mask[i, 8 + i:16 + i, 4:20] = 1
+    mboxes[i, 0] = [4, 8 + i, 20, 16 + i]
+  mboxes[2, 1] = [24, 24, 30, 30]       # a second mask on face 2
+  # Face 3 reaches past its image: in a mosaic it stays in its tile.
+  faces = np.array([[2, 2, 22, 26], [2, 2, 22, 27], [2, 2, 22, 28],
+                    [-6, 2, 40, 29]], np.float32)
+  out = segment.scenes(image, mask, mboxes, faces,
+                       np.array([False, True, False, False]))
   boxes, valid = np.asarray(out["boxes"]), np.asarray(out["valid"])
   classes = np.asarray(out["classes"])
+  per_tile = k + 1
   assert boxes.shape == (b, segment.MAX_OBJECTS, 4)
-  np.testing.assert_array_equal(classes[0, :2], [seg.FACE_MASK, seg.FACE])
+  np.testing.assert_array_equal(
+      classes[0, :per_tile], [seg.FACE_MASK] * k + [seg.FACE])
   # Single face 0: its mask box and face box, nothing else.
-  np.testing.assert_array_equal(boxes[0, :2], [[4, 8, 20, 16], faces[0]])
-  np.testing.assert_array_equal(valid[0], [True, True] + [False] * 6)
+  np.testing.assert_array_equal(boxes[0, 0], mboxes[0, 0])
+  np.testing.assert_array_equal(boxes[0, k], faces[0])
+  want = np.zeros(segment.MAX_OBJECTS, bool)
+  want[[0, k]] = True
+  np.testing.assert_array_equal(valid[0], want)
   np.testing.assert_array_equal(out["map"][0], mask[0, ..., 0])
+  # Face 3 alone: clipped to the image.
+  np.testing.assert_array_equal(boxes[3, k], [0, 2, 32, 29])
   # Mosaic of example 1: faces 1, 2, 3, 0 at half size in the four tiles.
-  np.testing.assert_array_equal(valid[1], [True] * 8)
   for t, src in enumerate([1, 2, 3, 0]):
     oy, ox = (t // 2) * 16, (t % 2) * 16
     np.testing.assert_allclose(out["image"][1, oy + 3, ox + 3], src / 4)
-    want_face = faces[src] / 2 + [ox, oy, ox, oy]
-    np.testing.assert_allclose(boxes[1, 2 * t + 1], want_face)
-    # The halved map's extent (rows 4 + src / 2 ...; area-averaged >= 0.5).
-    tile = np.asarray(out["map"][1, oy:oy + 16, ox:ox + 16])
-    ys, xs = np.nonzero(tile)
-    np.testing.assert_array_equal(
-        boxes[1, 2 * t], [xs.min() + ox, ys.min() + oy, xs.max() + 1 + ox,
-                          ys.max() + 1 + oy])
+    shift = np.array([ox, oy, ox, oy])
+    tile = slice(t * per_tile, (t + 1) * per_tile)
+    want_face = np.clip(faces[src] / 2 + shift, [ox, oy] * 2,
+                        [ox + 16, oy + 16] * 2)
+    np.testing.assert_allclose(boxes[1, tile][k], want_face)
+    np.testing.assert_allclose(boxes[1, tile][0], mboxes[src, 0] / 2 + shift)
+    n_masks = 2 if src == 2 else 1
+    np.testing.assert_array_equal(valid[1, tile],
+                                  [True] * n_masks + [False] * (k - n_masks)
+                                  + [True])
 
 
 def test_instances_split_the_map_by_box():

@@ -3,7 +3,8 @@
 The reference below restates, in PyTorch, torchvision's
 `maskrcnn_resnet50_fpn` modules under their state-dict names: ResNet with
 FrozenBatchNorm2d, FPN with the max-pool P6, the RPN head, RoIAlign
-(aligned, sampling ratio 2) over P2-P5 with torchvision's level mapper, the
+(sampling ratio 2, `aligned` False as torchvision's, or True) over P2-P5
+with torchvision's level mapper, the
 two-MLP box head and predictor, and the mask head and predictor. Its random
 weights go through the importer; both sides must agree to 1e-4 of each
 output's largest magnitude (torch computes in float64).
@@ -139,8 +140,8 @@ class RPNHead(nn.Module):
     return torch.cat(logits, 1), torch.cat(deltas, 1)
 
 
-def roi_align(f, rois, out, scale, g=2):
-  """torchvision's roi_align (aligned=True) of one image, [C, H, W]."""
+def roi_align(f, rois, out, scale, g=2, aligned=False):
+  """torchvision's roi_align of one image, [C, H, W]."""
   c, h, w = f.shape
   res = torch.zeros(len(rois), c, out, out, dtype=f.dtype)
 
@@ -163,9 +164,13 @@ def roi_align(f, rois, out, scale, g=2):
     return ((1 - ly) * (1 - lx) * f[:, y0, x0] + (1 - ly) * lx * f[:, y0, x1]
             + ly * (1 - lx) * f[:, y1, x0] + ly * lx * f[:, y1, x1])
 
+  shift = 0.5 if aligned else 0.0
   for r, (x1, y1, x2, y2) in enumerate(rois.tolist()):
-    sx, sy = x1 * scale - 0.5, y1 * scale - 0.5
-    bw, bh = (x2 - x1) * scale / out, (y2 - y1) * scale / out
+    sx, sy = x1 * scale - shift, y1 * scale - shift
+    rw, rh = (x2 - x1) * scale, (y2 - y1) * scale
+    if not aligned:
+      rw, rh = max(rw, 1.0), max(rh, 1.0)
+    bw, bh = rw / out, rh / out
     for p in range(out):
       for q in range(out):
         acc = 0
@@ -177,7 +182,7 @@ def roi_align(f, rois, out, scale, g=2):
   return res
 
 
-def multiscale(features, rois, out):
+def multiscale(features, rois, out, aligned):
   area = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
   levels = torch.clamp(torch.floor(4 + torch.log2(area.sqrt() / 224)
                                    + 1e-6), 2, 5).long() - 2
@@ -186,14 +191,14 @@ def multiscale(features, rois, out):
   for r in range(len(rois)):
     k = int(levels[r])
     res[r] = roi_align(features[k][0], rois[r:r + 1], out,
-                       1.0 / seg.STRIDES[k])[0]
+                       1.0 / seg.STRIDES[k], aligned=aligned)[0]
   return res
 
 
 class Reference(nn.Module):
   """torchvision's maskrcnn_resnet50_fpn modules, state-dict names kept."""
 
-  def __init__(self, layout, num_classes=COCO_CLASSES):
+  def __init__(self, layout, num_classes=COCO_CLASSES, aligned=False):
     super().__init__()
     a = ARCH
     self.backbone = nn.Module()
@@ -224,6 +229,7 @@ class Reference(nn.Module):
     self.roi_heads.mask_predictor.mask_fcn_logits = nn.Conv2d(
         mc, num_classes, 1)
     self.layout = layout
+    self.aligned = aligned
 
   def forward(self, images, rois):
     mean = torch.tensor(seg.PIXEL_MEAN, dtype=images.dtype)[:, None, None]
@@ -231,10 +237,10 @@ class Reference(nn.Module):
     feats = self.backbone.fpn(self.backbone.body((images - mean) / std))
     logits, deltas = self.rpn.head(feats)
     box = self.roi_heads.box_head
-    x = multiscale(feats[:4], rois, 7).flatten(1)
+    x = multiscale(feats[:4], rois, 7, self.aligned).flatten(1)
     x = F.relu(box.fc7(F.relu(box.fc6(x))))
     pred = self.roi_heads.box_predictor
-    m = multiscale(feats[:4], rois, 14)
+    m = multiscale(feats[:4], rois, 14, self.aligned)
     head = self.roi_heads.mask_head
     for k in range(4):
       conv = head[k] if self.layout == "v2" else getattr(
@@ -246,16 +252,17 @@ class Reference(nn.Module):
             "cls": pred.cls_score(x), "box": pred.bbox_pred(x), "mask": m}
 
 
-def _ours(variables, images, rois, num_classes):
+def _ours(variables, images, rois, num_classes, aligned):
   model = seg.MaskRCNN(num_classes=num_classes, norm="frozen", **ARCH)
 
   def run(module, images, rois):
     f = module.features(images)
     logits, deltas = module.rpn(f)
-    pooled = seg.multiscale_roi_align([p[0] for p in f[:4]], rois, 7)
+    levels = [p[0] for p in f[:4]]
+    pooled = seg.multiscale_roi_align(levels, rois, 7, aligned=aligned)
     cls, box = module.box_head(pooled)
-    mask = module.mask_head(seg.multiscale_roi_align(
-        [p[0] for p in f[:4]], rois, 14))
+    mask = module.mask_head(seg.multiscale_roi_align(levels, rois, 14,
+                                                     aligned=aligned))
     return {"features": f, "rpn_logits": logits, "rpn_deltas": deltas,
             "cls": cls, "box": box.reshape(len(rois), -1), "mask": mask}
 
@@ -264,7 +271,7 @@ def _ours(variables, images, rois, num_classes):
 
 
 ROIS = np.array([[4, 6, 30, 40], [0, 0, 64, 64], [10, 12, 16, 20],
-                 [33, 2, 63, 25]], np.float32)
+                 [33, 2, 63, 25], [20, 20, 22.5, 50]], np.float32)
 
 
 def _random_template(num_classes, seed):
@@ -313,15 +320,15 @@ def _close(ours, theirs, what):
   assert err <= 1e-4 * scale, f"{what}: max error {err:.3g} > 1e-4 x {scale:.3g}"
 
 
-@pytest.mark.parametrize("layout", importer.LAYOUTS)
-def test_imported_weights_reproduce_the_reference(layout, image,
+@pytest.mark.parametrize("layout,aligned", [("v1", False), ("v2", True)])
+def test_imported_weights_reproduce_the_reference(layout, aligned, image,
                                                   coco_template):
   torch.manual_seed(0)
-  ref = Reference(layout)
+  ref = Reference(layout, aligned=aligned)
   state = _state_dict(ref)
   assert importer.detect_layout(state) == layout
   variables = importer.from_torch(state, coco_template)
-  ours = _ours(variables, image, ROIS, COCO_CLASSES)
+  ours = _ours(variables, image, ROIS, COCO_CLASSES, aligned)
   with torch.no_grad():
     theirs = ref.double()(torch.from_numpy(image.transpose(0, 3, 1, 2))
                           .double(), torch.from_numpy(ROIS).double())
