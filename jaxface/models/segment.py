@@ -675,6 +675,15 @@ class MaskRCNN(nn.Module):
     self.mask_head = MaskHead(self.num_classes, self.mask_channels,
                               self.dtype)
 
+  def init_all(self, images: jax.Array) -> None:
+    """Touches every submodule, for `init(..., method=MaskRCNN.init_all)`:
+    the parameters without tracing inference's NMS loops."""
+    f = self.features(images)
+    self.rpn(f)
+    c = f[0].shape[-1]
+    self.box_head(jnp.zeros((1, 7, 7, c), f[0].dtype))
+    self.mask_head(jnp.zeros((1, 14, 14, c), f[0].dtype))
+
   def features(self, images: jax.Array, train: bool = False
                ) -> list[jax.Array]:
     """[P2..P6] of images in [0, 1] (normalised as torchvision's)."""

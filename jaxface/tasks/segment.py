@@ -331,7 +331,7 @@ class SegmentTask(task_lib.Task):
     if self.is_rcnn:
       # Initialise through the backbone and heads only: inference's NMS
       # loops would be traced for nothing.
-      variables = self.model.init(rng, dummy, method=_init_all)
+      variables = self.model.init(rng, dummy, method=seg.MaskRCNN.init_all)
     else:
       variables = self.model.init(rng, dummy)
     variables = dict(variables)
@@ -491,15 +491,6 @@ class SegmentTask(task_lib.Task):
                                   valid & (classes == seg.FACE),
                                   (0.0, 1.0, 1.0))
     return visualize.make_grid([image, truth, pred, columns["prob"]])
-
-
-def _init_all(module: seg.MaskRCNN, images: jax.Array):
-  """Touches every submodule of `MaskRCNN` (for `init`) without NMS."""
-  f = module.features(images)
-  module.rpn(f)
-  c = f[0].shape[-1]
-  module.box_head(jnp.zeros((1, 7, 7, c), f[0].dtype))
-  module.mask_head(jnp.zeros((1, 14, 14, c), f[0].dtype))
 
 
 def detection_overlaps(det: Mapping[str, jax.Array], maps: jax.Array,

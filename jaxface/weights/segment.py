@@ -208,16 +208,9 @@ def template(num_classes: int = len(seg.CLASSES),
   """The freshly initialised variables of a frozen-norm `MaskRCNN`."""
   model = seg.MaskRCNN(num_classes=num_classes, stage_sizes=stage_sizes,
                        norm="frozen", **kwargs)
-
-  def init(module, images):
-    f = module.features(images)
-    module.rpn(f)
-    c = f[0].shape[-1]
-    module.box_head(jnp.zeros((1, 7, 7, c)))
-    module.mask_head(jnp.zeros((1, 14, 14, c)))
-
   return jax.device_get(jax.jit(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), method=init))())
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+      method=seg.MaskRCNN.init_all))())
 
 
 def load(path: str | os.PathLike[str], template_: Mapping[str, Any]

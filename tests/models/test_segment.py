@@ -27,7 +27,7 @@ def test_resnet50_fpn_sizes_are_torchvisions():
   model = seg.MaskRCNN(num_classes=91, norm="frozen")
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                         method=_touch_all))
+                         method=seg.MaskRCNN.init_all))
   params = shapes["params"]
   assert _count(params["backbone"]["body"]) == 23_454_912
   assert _count(shapes["batch_stats"]) == 4 * 26_560
@@ -35,20 +35,12 @@ def test_resnet50_fpn_sizes_are_torchvisions():
   assert _count(params) == 44_401_393
 
 
-def _touch_all(module, images):
-  f = module.features(images)
-  module.rpn(f)
-  c = f[0].shape[-1]
-  module.box_head(jnp.zeros((1, 7, 7, c)))
-  module.mask_head(jnp.zeros((1, 14, 14, c)))
-
-
 @pytest.mark.parametrize("batch", [1, 8])
 def test_inference_has_static_shapes(batch):
   model = seg.MaskRCNN(**TINY)
   x = jnp.zeros((batch, 64, 64, 3))
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), x[:1], method=_touch_all))
+      lambda: model.init(jax.random.key(0), x[:1], method=seg.MaskRCNN.init_all))
   out = jax.eval_shape(model.apply, variables, x)
   assert out["boxes"].shape == (batch, 8, 4)
   assert out["masks"].shape == (batch, 8, 28, 28)

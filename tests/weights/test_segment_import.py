@@ -278,15 +278,9 @@ def _random_template(num_classes, seed):
   """Variables of the right shapes (no compiled init: only shapes and
   distinct values matter here)."""
   model = seg.MaskRCNN(num_classes=num_classes, norm="frozen", **ARCH)
-
-  def init(module, images):
-    f = module.features(images)
-    module.rpn(f)
-    module.box_head(jnp.zeros((1, 7, 7, ARCH["fpn_channels"])))
-    module.mask_head(jnp.zeros((1, 14, 14, ARCH["fpn_channels"])))
-
   shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), method=init))
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+      method=seg.MaskRCNN.init_all))
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda s: rng.normal(size=s.shape).astype(np.float32), dict(shapes))
@@ -395,15 +389,9 @@ def test_full_size_names_cover_the_model():
   """Every variable of the ResNet-50-FPN model has a distinct torchvision
   name in both layouts (the real checkpoint's key set, by construction)."""
   model = seg.MaskRCNN(norm="frozen", num_classes=COCO_CLASSES)
-
-  def init(module, images):
-    f = module.features(images)
-    module.rpn(f)
-    module.box_head(jnp.zeros((1, 7, 7, 256)))
-    module.mask_head(jnp.zeros((1, 14, 14, 256)))
-
   shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), method=init))
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+      method=seg.MaskRCNN.init_all))
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(dict(shapes))
   for layout in importer.LAYOUTS:
