@@ -108,8 +108,10 @@ def draw(images: np.ndarray, pred: dict[str, np.ndarray]) -> np.ndarray:
   return out
 
 
-def tile(images: np.ndarray, columns: int) -> np.ndarray:
-  """uint8 sheet of [N, S, S, 3] images, `columns` wide, indices drawn."""
+def tile(images: np.ndarray, columns: int,
+         labels: list[str] | None = None) -> np.ndarray:
+  """uint8 sheet of [N, S, S, 3] images, `columns` wide, each labelled
+  (default: its index)."""
   n, s = images.shape[:2]
   rows = math.ceil(n / columns)
   pad = 2
@@ -118,9 +120,10 @@ def tile(images: np.ndarray, columns: int) -> np.ndarray:
   cells = visualize.to_uint8(images)
   for i, cell in enumerate(cells):
     cell = np.ascontiguousarray(cell)
-    cv2.putText(cell, str(i), (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+    text = str(i) if labels is None else labels[i]
+    cv2.putText(cell, text, (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (255, 255, 255), 2, cv2.LINE_AA)
-    cv2.putText(cell, str(i), (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+    cv2.putText(cell, text, (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (0, 0, 0), 1, cv2.LINE_AA)
     r, c = divmod(i, columns)
     y, x = pad + r * (s + pad), pad + c * (s + pad)
