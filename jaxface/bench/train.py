@@ -135,8 +135,8 @@ def main(argv):
   config = _CONFIG.value
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} x{jax.device_count()} ({dev.platform}), "
-        f"jax {jax.__version__}; {_MODE.value} step of task {config.task}, image "
-        f"{config.data.image_size}px; median of {_STEPS.value} steps after "
+        f"jax {jax.__version__}; {_MODE.value} step of task {config.task}, "
+        f"image {config.data.image_size}px; median of {_STEPS.value} steps after "
         f"{_WARMUP.value} warm-up")
   header = (f"{'dtype':>9} {'attn':>5} {'batch':>5} {'step ms':>9} "
             f"{'img/s':>8} {'GFLOP/img':>9} {'TFLOP/s':>8} {'MFU':>6} "

@@ -285,7 +285,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   optim.validate(config.optim)
 
 
-def make_model(config: ml_collections.ConfigDict, dtype) -> "seg.MaskRCNN | seg.UNet":
+def make_model(config: ml_collections.ConfigDict,
+               dtype) -> "seg.MaskRCNN | seg.UNet":
   """The network of `config.model` (`MaskRCNN` or `UNet`)."""
   m = config.model
   if m.name == "unet":

@@ -40,7 +40,8 @@ def test_inference_has_static_shapes(batch):
   model = seg.MaskRCNN(**TINY)
   x = jnp.zeros((batch, 64, 64, 3))
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), x[:1], method=seg.MaskRCNN.init_all))
+      lambda: model.init(jax.random.key(0), x[:1],
+                         method=seg.MaskRCNN.init_all))
   out = jax.eval_shape(model.apply, variables, x)
   assert out["boxes"].shape == (batch, 8, 4)
   assert out["masks"].shape == (batch, 8, 28, 28)

@@ -311,7 +311,8 @@ def _close(ours, theirs, what):
   assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
   scale = np.abs(theirs).max()
   err = np.abs(ours - theirs).max()
-  assert err <= 1e-4 * scale, f"{what}: max error {err:.3g} > 1e-4 x {scale:.3g}"
+  assert err <= 1e-4 * scale, (f"{what}: max error {err:.3g} > 1e-4 x "
+                               f"{scale:.3g}")
 
 
 @pytest.mark.parametrize("layout,aligned", [("v1", False), ("v2", True)])
