@@ -15,6 +15,12 @@ face-mask pixels per style; box and mask AP for Mask R-CNN):
       --config.data.source=prepared:data/utkface --workdir=runs/segment_unet
   python -m jaxface.evaluate --workdir=runs/segment_unet --split=test
 
+  Measured on UTKFace (3,000 steps of batch 8 on 2 CPU cores, from
+  scratch): U-Net (15 min) test mask IoU 0.963, 1.8 % of face-mask pixels
+  left uncovered; Mask R-CNN (40 min) IoU 0.935, 3.8 % uncovered (2.3 %
+  with `--config.model.dilation=1`), box AP@0.5 1.0, mask AP@[.5:.95] 0.90
+  (docs/SEGMENT.md).
+
 Full size (one GPU or TPU host): ResNet-50-FPN at 256x256, the paper's
 input size:
 
