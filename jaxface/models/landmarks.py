@@ -32,6 +32,7 @@ a peak at floor(x / 4) means x in [4h, 4h + 4), centred on (h + 0.5) * 4
 - 0.5.)
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface.data import curves
+from jaxface.models import layers
 
 Dtype = Any
 
@@ -88,13 +90,8 @@ def add_coords(x: jax.Array, boundary: jax.Array | None = None) -> jax.Array:
   return jnp.concatenate(parts, axis=-1)
 
 
-def _conv(features: int, kernel: int, *, stride: int = 1,
-          use_bias: bool = False, dtype: Dtype, name: str) -> nn.Conv:
-  """A PyTorch-style Conv2d (symmetric zero padding of kernel // 2)."""
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-                 dtype=dtype, name=name)
+# The reference's convolutions have no bias unless they say so.
+_conv = functools.partial(layers.same_conv, use_bias=False)
 
 
 def _bn(x: jax.Array, train: bool, *, dtype: Dtype, name: str) -> jax.Array:

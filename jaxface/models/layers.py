@@ -75,6 +75,17 @@ def conv(features: int, kernel: int, *, stride: int = 1, padding: int = 0,
       kernel_init=default_kernel_init, name=name)
 
 
+def same_conv(features: int, kernel: int, *, stride: int = 1,
+              use_bias: bool = True, dtype: Dtype = jnp.float32,
+              name: str | None = None) -> nn.Conv:
+  """A PyTorch Conv2d with symmetric zero padding of kernel // 2 (flax's
+  default initialisers: the reference weights are imported)."""
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
+                 dtype=dtype, name=name)
+
+
 # Sub-pixel form of a stride-2, 4x4 transposed convolution (padding 1): in
 # one dimension output 2m takes input m-1 with tap 3 and m with tap 1; output
 # 2m+1 takes m with tap 2 and m+1 with tap 0. Row a of this table lists the

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxface import boxes as box_ops
+from jaxface.models import layers
 
 Dtype = Any
 
@@ -79,13 +80,7 @@ class Norm(nn.Module):
     return x * scale.astype(self.dtype) + shift.astype(self.dtype)
 
 
-def _conv(features: int, kernel: int, *, stride: int = 1,
-          use_bias: bool = True, dtype: Dtype, name: str) -> nn.Conv:
-  """A PyTorch Conv2d with symmetric zero padding of kernel // 2."""
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-                 dtype=dtype, name=name)
+_conv = layers.same_conv
 
 
 class Bottleneck(nn.Module):
