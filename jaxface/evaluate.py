@@ -80,18 +80,25 @@ def eval_config(config, *, source: str = "", size: int = 0,
   return config
 
 
+# Breakdowns a summary may carry (`<figure>/<by>/<group>`), each printed as
+# a table of its own: a row per group, a column per figure.
+BREAKDOWNS = ("style", "age")
+
+
 def format_table(summary: Mapping[str, float], title: str) -> str:
   """One row per figure, columns all / female / male.
 
   A figure's per-gender values are its key with `/female`, `/male`
-  appended. Figures broken down by mask style (`<figure>/style/<style>`)
-  get a second table: one row per style, one column per figure.
+  appended. Figures broken down by mask style or age band
+  (`<figure>/style/<style>`, `<figure>/age/<band>`) get a table per
+  breakdown: one row per style or band, one column per figure.
   """
   genders = list(schema.GENDERS)
-  by_style = {k: v for k, v in summary.items() if "/style/" in k}
+  broken = {by: {k: v for k, v in summary.items() if f"/{by}/" in k}
+            for by in BREAKDOWNS}
   cells: dict[str, dict[str, float]] = {}
   for key, value in summary.items():
-    if key in by_style:
+    if any(key in b for b in broken.values()):
       continue
     figure, _, last = key.rpartition("/")
     if last not in genders:
@@ -109,18 +116,22 @@ def format_table(summary: Mapping[str, float], title: str) -> str:
   for r in sorted(cells):
     lines.append(f"{r:<{width}}" + "".join(cell(r, cells[r].get(c))
                                            for c in cols))
-  if by_style:
+  for by, items in broken.items():
+    if not items:
+      continue
     table: dict[str, dict[str, float]] = {}
-    for key, value in by_style.items():
-      figure, _, style = key.partition("/style/")
-      table.setdefault(style, {})[figure] = value
-    figures = sorted({k.partition("/style/")[0] for k in by_style})
-    width = max(len(s) for s in table) + 2
-    lines += ["", "per mask style" + " " * max(0, width - 14) + "".join(
-        f"{f:>12}" for f in figures)]
-    for style in sorted(table):
-      lines.append(f"{style:<{max(width, 14)}}" + "".join(
-          f"{cell(f, table[style].get(f)):>12}" for f in figures))
+    for key, value in items.items():
+      figure, _, group = key.partition(f"/{by}/")
+      table.setdefault(group, {})[figure] = value
+    figures = sorted({k.partition(f"/{by}/")[0] for k in items})
+    head = f"per {'mask style' if by == 'style' else by}"
+    width = max([len(s) for s in table] + [len(head)]) + 2
+    col = max([len(f) for f in figures] + [10]) + 2
+    lines += ["", f"{head:<{width}}" + "".join(f"{f:>{col}}"
+                                               for f in figures)]
+    for group in sorted(table):
+      lines.append(f"{group:<{width}}" + "".join(
+          f"{cell(f, table[group].get(f)):>{col}}" for f in figures))
   return "\n".join(lines)
 
 

@@ -129,3 +129,36 @@ def heatmap_weight_map(target: jax.Array, threshold: float = 0.2
       _f32(target), -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1),
       "SAME")
   return (dilated > threshold).astype(jnp.float32)
+
+
+# ------------------------------------------------------------ classification
+def sigmoid_cross_entropy(logits: jax.Array, labels: jax.Array,
+                          weights: jax.Array | None = None) -> jax.Array:
+  """Binary cross-entropy of logits [B] against 0/1 labels [B].
+
+  Computed from the logits (`log(1 + exp(-|x|))` form, exact for large
+  |x|); with `weights`, their weighted mean (weights summing to B keep the
+  scale of the plain mean).
+  """
+  x, y = _f32(logits), _f32(labels)
+  per_example = jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+  if weights is None:
+    return jnp.mean(per_example)
+  w = _f32(weights)
+  return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), _EPS)
+
+
+def balancing_weights(labels: jax.Array) -> jax.Array:
+  """[B] weights under which each class present in the batch weighs half.
+
+  A weight is B / (2 n_c) for an example of class c (n_c examples of it in
+  the batch); a batch of one class gets weight 1 everywhere.
+  """
+  y = _f32(labels)
+  b = y.shape[0]
+  n_pos = jnp.sum(y)
+  n_neg = b - n_pos
+  both = (n_pos > 0) & (n_neg > 0)
+  w = jnp.where(y > 0.5, b / (2 * jnp.maximum(n_pos, 1.0)),
+                b / (2 * jnp.maximum(n_neg, 1.0)))
+  return jnp.where(both, w, 1.0)

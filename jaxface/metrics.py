@@ -502,3 +502,95 @@ def average_precision(scores: list[np.ndarray], overlaps: list[np.ndarray],
   sampled = np.where(at < len(precision),
                      precision[np.minimum(at, len(precision) - 1)], 0.0)
   return float(np.mean(sampled))
+
+
+# ------------------------------------------------------ binary classification
+# Host-side (NumPy) figures of a binary classifier from its probabilities of
+# the positive class (for the gender classifier, "male") and 0/1 labels.
+def _binary_inputs(prob: np.ndarray, label: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  prob = np.asarray(prob, np.float64).reshape(-1)
+  label = np.asarray(label).reshape(-1)
+  if prob.shape != label.shape:
+    raise ValueError(f"{prob.shape[0]} probabilities for {label.shape[0]} "
+                     "labels")
+  if np.any((label != 0) & (label != 1)):
+    raise ValueError("labels must be 0 or 1")
+  return prob, label.astype(bool)
+
+
+def binary_accuracy(prob: np.ndarray, label: np.ndarray,
+                    threshold: float = 0.5) -> float:
+  """The share of examples whose `prob >= threshold` equals the label."""
+  prob, label = _binary_inputs(prob, label)
+  if not prob.size:
+    return float("nan")
+  return float(np.mean((prob >= threshold) == label))
+
+
+def class_recall(prob: np.ndarray, label: np.ndarray, positive: bool,
+                 threshold: float = 0.5) -> float:
+  """Accuracy on the examples of one class (NaN: none of that class)."""
+  prob, label = _binary_inputs(prob, label)
+  sel = label == positive
+  if not np.any(sel):
+    return float("nan")
+  return float(np.mean((prob[sel] >= threshold) == positive))
+
+
+def balanced_accuracy(prob: np.ndarray, label: np.ndarray,
+                      threshold: float = 0.5) -> float:
+  """The mean of the two classes' recalls (NaN unless both are present)."""
+  return float(np.mean([class_recall(prob, label, c, threshold)
+                        for c in (False, True)]))
+
+
+def roc_auc(prob: np.ndarray, label: np.ndarray) -> float:
+  """Area under the ROC curve: the chance that a random positive scores
+  above a random negative, ties counting one half (Mann-Whitney U with
+  average ranks). NaN unless both classes are present."""
+  prob, label = _binary_inputs(prob, label)
+  pos, neg = int(label.sum()), int((~label).sum())
+  if not pos or not neg:
+    return float("nan")
+  order = np.argsort(prob, kind="mergesort")
+  sorted_p = prob[order]
+  ranks = np.empty(prob.size, np.float64)
+  # Average 1-based ranks over runs of equal scores.
+  starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
+  ends = np.r_[starts[1:], prob.size]
+  for s, e in zip(starts, ends):
+    ranks[order[s:e]] = (s + 1 + e) / 2.0
+  u = ranks[label].sum() - pos * (pos + 1) / 2.0
+  return float(u / (pos * neg))
+
+
+def expected_calibration_error(prob: np.ndarray, label: np.ndarray,
+                               num_bins: int = 15) -> float:
+  """ECE of the predicted class (Guo et al., 2017).
+
+  Each example's confidence is the probability of the class it is given,
+  `max(p, 1 - p)`; examples are binned by confidence into `num_bins` equal
+  widths of [0, 1] (so a binary classifier fills the upper half), and the
+  ECE is the example-weighted mean over bins of |accuracy - mean
+  confidence|. 0 is perfectly calibrated.
+  """
+  prob, label = _binary_inputs(prob, label)
+  if not prob.size:
+    return float("nan")
+  confidence = np.maximum(prob, 1.0 - prob)
+  correct = (prob >= 0.5) == label
+  bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
+  ece = 0.0
+  for b in np.unique(bins):
+    sel = bins == b
+    ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+  return float(ece)
+
+
+def binary_nll(prob: np.ndarray, label: np.ndarray,
+               eps: float = 1e-7) -> float:
+  """Mean negative log-likelihood (binary cross-entropy) of the labels."""
+  prob, label = _binary_inputs(prob, label)
+  p = np.clip(prob, eps, 1 - eps)
+  return float(-np.mean(np.where(label, np.log(p), np.log1p(-p))))

@@ -4,6 +4,7 @@ import pathlib
 import sys
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import pytest
 
 # Test helpers (`numerics`) import as top-level modules.
@@ -24,6 +25,25 @@ def shared_data() -> pathlib.Path:
     pytest.skip(f"{SHARED_DATA} is absent (fresh clone): real-data test "
                 "skipped")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for one test module (restored after).
+
+  For modules that build the same step more than once (a run and its
+  resumption): the second build loads what the first compiled.
+  """
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir",
+                    str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  compilation_cache.reset_cache()
 
 
 @pytest.fixture

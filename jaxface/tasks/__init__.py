@@ -16,6 +16,7 @@ from jaxface.train import task as task_lib
 
 # config.task -> "module:Class".
 _REGISTRY: dict[str, Any] = {
+    "gender": "jaxface.tasks.gender:GenderTask",
     "inpaint": "jaxface.tasks.inpaint:InpaintTask",
     "landmarks": "jaxface.tasks.landmarks:LandmarksTask",
     "segment": "jaxface.tasks.segment:SegmentTask",

@@ -13,7 +13,6 @@ import pathlib
 import sys
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,6 +32,9 @@ sys.path.insert(0, str(REPO))
 from configs import landmarks as landmarks_config
 
 
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
+
+
 def small_config(**train):
   """`tiny` with width 16 and a constant learning rate (no schedule that
   depends on `num_steps`, so that runs of 2 and 4 steps share a program)."""
@@ -46,21 +48,6 @@ def small_config(**train):
                       checkpoint_every=100))
   c.train.update(train)
   return c
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module only (restored after)."""
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  compilation_cache.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
