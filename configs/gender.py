@@ -26,8 +26,9 @@ the head trained:
       --config.model.init_from=weights/inception_v3_notop.npz \
       --config.data.source=prepared:data/ffhq --workdir=runs/gender
 
-`fine_tune` trains the whole network instead (after the head, a common
-second stage). The paper states lr 1e-4 (the default here); the authors'
+`fine_tune` trains the whole network from the ImageNet weights instead (at
+lr 1e-5; a frozen backbone needs `model.init_from`, and the config says so
+when it is missing). The paper states lr 1e-4 (the default here); the authors'
 notebook passes the string 'Adam' to Keras, whose default is 1e-3 (the
 notebook's lr variable is never used), so their effective rate was 1e-3:
 `--config.optim.lr=1e-3`. Their augmentation: flips, shifts of 0.4, zoom
@@ -78,6 +79,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # scale; pools count padding) or Keras's (no scale; pools do not).
       bn_scale=False,
       avg_pool_include_pad=False,
+      # The backbone BatchNorm's running-average momentum (flax's
+      # convention: Keras 0.99, torchvision 0.9); it matters when the
+      # backbone trains.
+      bn_momentum=0.99,
       # Only the head trains, the backbone runs on its running statistics
       # (the authors' setting, with ImageNet weights from init_from).
       freeze_backbone=True,
@@ -137,6 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width = 0.5
     c.model.head_widths = (256, 128, 128)
     c.model.bn_scale = True
+    c.model.bn_momentum = 0.9
     c.model.freeze_backbone = False
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 200
@@ -159,6 +165,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.input_size = c.data.image_size  # faces of any size resized
     c.model.head_widths = (64, 32, 32)
     c.model.bn_scale = True
+    c.model.bn_momentum = 0.9
     c.model.freeze_backbone = False
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 20

@@ -592,5 +592,7 @@ def binary_nll(prob: np.ndarray, label: np.ndarray,
                eps: float = 1e-7) -> float:
   """Mean negative log-likelihood (binary cross-entropy) of the labels."""
   prob, label = _binary_inputs(prob, label)
+  if not prob.size:
+    return float("nan")
   p = np.clip(prob, eps, 1 - eps)
   return float(-np.mean(np.where(label, np.log(p), np.log1p(-p))))

@@ -8,9 +8,9 @@ batch is routed without running both generators on every face:
     of `chunk` faces, the males starting on a fresh chunk, so that every
     chunk holds one gender (or padding). `lax.map` walks the chunks and
     `lax.switch` runs only that chunk's generator (padding chunks run
-    nothing); the outputs go back to the faces' own places. A batch of B
-    costs at most B + chunk faces of generator work (ceil(F/c) + ceil(M/c)
-    chunks of c), against 2B for "both".
+    nothing); the outputs go back to the faces' own places. F female and
+    M male faces cost ceil(F/c) + ceil(M/c) chunks of c faces of generator
+    work (at most B + c when c divides B), against 2B for "both".
   "both": every generator on every face, then a per-face select: the
     simplest, and cheaper only when chunks would be tiny.
 
@@ -50,7 +50,7 @@ def choose(p_male: jax.Array, gender: str = "auto",
 
 
 def default_chunk(batch_size: int) -> int:
-  """A quarter of the batch (at least 1): B + B/4 faces of work at most."""
+  """A quarter of the batch (at least 1): about 1.25 B faces of work."""
   return max(1, batch_size // 4)
 
 
@@ -89,7 +89,7 @@ def route(apply_fn: Callable[..., Any], params: Sequence[Any],
 
     return jax.tree.map(pick, *outs)
 
-  c = min(chunk or default_chunk(b), b)
+  c = _chunk_size(b, chunk)
   num_chunks = -(-b // c) + 1  # the worst case: both genders end mid-chunk
   slots = num_chunks * c
   male = genders == schema.MALE
@@ -126,9 +126,14 @@ def route(apply_fn: Callable[..., Any], params: Sequence[Any],
       lambda o: o.reshape((slots,) + o.shape[2:])[slot], outs)
 
 
-def stats(genders: jax.Array, chunk: int) -> dict[str, jax.Array]:
+def _chunk_size(batch_size: int, chunk: int) -> int:
+  return min(chunk or default_chunk(batch_size), batch_size)
+
+
+def stats(genders: jax.Array, chunk: int = 0) -> dict[str, jax.Array]:
   """Chunks the "chunks" strategy runs for these genders (for reports)."""
   b = genders.shape[0]
+  chunk = _chunk_size(b, chunk)
   male = jnp.sum(genders == schema.MALE)
   runs = -(-(b - male) // chunk) + -(-male // chunk)
   return {"chunks_run": runs, "faces_of_work": runs * chunk}

@@ -33,6 +33,8 @@ HEAD_BN_EPS = 1e-3
 # The authors' head (keras-tuner's best: both hidden widths 320).
 HEAD_WIDTHS = (2048, 320, 320)
 INPUT_SCALES = ("symmetric", "unit")
+# Keras Dense's default initialiser (the authors' head).
+_GLOROT = nn.initializers.glorot_uniform()
 
 
 class Head(nn.Module):
@@ -50,10 +52,12 @@ class Head(nn.Module):
   def __call__(self, features: jax.Array, train: bool) -> jax.Array:
     x = self._bn(features.astype(self.dtype), train, "bn0")
     for i, width in enumerate(self.widths):
-      x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(x))
+      x = nn.relu(nn.Dense(width, dtype=self.dtype, kernel_init=_GLOROT,
+                           name=f"dense{i}")(x))
       x = self._bn(x, train, f"bn{i + 1}")
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    logit = nn.Dense(1, dtype=self.dtype, name="logit")(x)
+    logit = nn.Dense(1, dtype=self.dtype, kernel_init=_GLOROT,
+                     name="logit")(x)
     return logit[:, 0].astype(jnp.float32)
 
 
@@ -69,12 +73,14 @@ class Classifier(nn.Module):
   dropout: float = 0.0
   input_scale: str = "symmetric"
   bn_scale: bool = True
+  bn_momentum: float = 0.9   # the backbone's (flax convention)
   avg_pool_include_pad: bool = True
   dtype: Dtype = jnp.float32
 
   def setup(self):
     self.backbone = inception.InceptionV3(
         width=self.width, bn_scale=self.bn_scale,
+        bn_momentum=self.bn_momentum,
         avg_pool_include_pad=self.avg_pool_include_pad, dtype=self.dtype)
     self.head = Head(self.head_widths, self.dropout, self.dtype)
 

@@ -77,7 +77,9 @@ class MakeExample:
   Picklable (runs in grain workers); strengths from `config.augment`. In
   training `masked_image` is the network's input: the masked face, or with
   probability `unmasked` the clean one, jittered; `image` is the clean face
-  as it comes (used only by evaluation).
+  as it comes and `landmarks` follow the input (both used only by
+  evaluation and the baseline; they ride along in training batches, since
+  every example of a spec has the same keys).
   """
   rotation: float = 0.0      # max degrees either way
   scale: float = 0.0         # zoom in [1 - scale, 1 + scale]
@@ -123,6 +125,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
   check(m.input_scale in gender_model.INPUT_SCALES, "model.input_scale",
         m.input_scale, " | ".join(gender_model.INPUT_SCALES))
+  check(not m.freeze_backbone or m.get("init_from", ""),
+        "model.freeze_backbone", m.freeze_backbone,
+        "False unless model.init_from gives the backbone's ImageNet weights "
+        "(a frozen random backbone teaches the head nothing)")
+  check(0 < m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum,
+        "in (0, 1)")
   input_size = _input_size(config)
   check(input_size == 0 or input_size >= inception.MIN_SIZE,
         "model.input_size", input_size,
@@ -213,6 +221,10 @@ class TeacherBaseline:
       out[f"p_{view}"] = np.array(
           [self.teacher(im, lm) for im, lm in zip(images, landmarks)],
           np.float32)
+    # No alignment, no answer (a chip of a face without points is black).
+    aligned = np.all(np.isfinite(landmarks), axis=(1, 2))
+    for view in VIEWS:
+      out[f"p_{view}"][~aligned] = np.nan
     out["gender"] = np.asarray(batch[schema.GENDER])
     out[AGE] = np.asarray(batch[AGE])
     out["found"] = np.isfinite(out["p_masked"]) & np.isfinite(out["p_clean"])
@@ -231,6 +243,7 @@ class GenderTask(task_lib.Task):
     self.model = gender_model.Classifier(
         width=m.width, head_widths=tuple(m.head_widths), dropout=m.dropout,
         input_scale=m.input_scale, bn_scale=m.bn_scale,
+        bn_momentum=m.bn_momentum,
         avg_pool_include_pad=m.avg_pool_include_pad, dtype=self.dtype)
     self.freeze_backbone = bool(m.freeze_backbone)
     self.tx = optim.make(config.optim, config.train.num_steps)

@@ -13,6 +13,7 @@ from jaxface.data import pipeline
 from jaxface.data import schema
 from jaxface.tasks import gender
 from jaxface.train import loop
+from jaxface.weights import gender as gender_weights
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -20,16 +21,40 @@ sys.path.insert(0, str(REPO))
 from configs import gender as gender_config
 
 pytestmark = pytest.mark.usefixtures("module_compilation_cache")
+WIDTH = 0.125  # the tiny config's
 
 
-def small_config(**train):
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+  """Backbone weights as `jaxface.weights.gender` writes them (random)."""
+  semantics = {"bn_scale": True, "avg_pool_include_pad": False}
+  tmpl = gender_weights.template(WIDTH, **semantics)
+  rng = np.random.default_rng(0)
+
+  def draw(path, z):  # He-scaled kernels: the features stay informative
+    name = path[-1].key
+    if name == "kernel":
+      return rng.normal(0, np.sqrt(2 / np.prod(z.shape[:3])), z.shape)
+    if name in ("scale", "var"):
+      return rng.uniform(0.8, 1.2, z.shape)
+    return rng.normal(0, 0.05, z.shape)
+
+  variables = jax.tree.map(lambda v: np.asarray(v, np.float32),
+                           jax.tree.map_with_path(draw, tmpl))
+  path = tmp_path_factory.mktemp("weights") / "backbone.npz"
+  gender_weights.save(path, variables, semantics)
+  return str(path), variables
+
+
+def small_config(init_from="", **train):
   """The smallest InceptionV3 (75 px, width 1/8), its backbone frozen."""
   c = gender_config.get_config("tiny")
+  c.model.init_from = init_from
   c.data.source = "procedural:num_records=64"
   c.data.image_size = 75
   c.model.head_widths = (16,)
   c.model.dropout = 0.0
-  c.model.freeze_backbone = True
+  c.model.freeze_backbone = bool(init_from)
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.train.update(dict(batch_size=8, num_steps=4, log_every=2, image_every=0,
@@ -84,14 +109,21 @@ DEVICES = 1
 
 
 @pytest.fixture(scope="module")
-def setup():
-  return loop.build(small_config(), devices=jax.devices()[:DEVICES])
+def setup(backbone_file):
+  return loop.build(small_config(backbone_file[0]),
+                    devices=jax.devices()[:DEVICES])
 
 
-def test_frozen_backbone_stays_bit_identical_while_the_head_learns(setup):
+def test_frozen_backbone_stays_bit_identical_while_the_head_learns(
+    setup, backbone_file):
   task = setup.task
   batch = setup.put(pipeline.fixed_batch(task.examples, setup.config, 8))
-  state0 = jax.device_get(setup.init(jax.random.key(0)))
+  state0 = task.pretrained(jax.device_get(setup.init(jax.random.key(0))))
+  # model.init_from's weights are in, the head's are fresh.
+  assert _leaves_equal(state0.params["backbone"],
+                       backbone_file[1]["params"])
+  assert _leaves_equal(state0.model_state["batch_stats"]["backbone"],
+                       backbone_file[1]["batch_stats"])
   state, history = jax.device_put(state0, setup.state_sharding), []
   for _ in range(6):
     state, m = setup.train_step(state, batch, {})
@@ -157,10 +189,21 @@ def test_summary_of_hand_made_probabilities():
     ("model.width", 0.0), ("model.input_scale", "imagenet"),
     ("model.dropout", 1.0), ("model.input_size", 64),
     ("augment.unmasked", 2.0), ("optim.name", "lamb"),
-    ("eval.calibration_bins", 0)])
+    ("eval.calibration_bins", 0), ("model.freeze_backbone", True),
+    ("model.bn_momentum", 1.0)])
 def test_bad_config_names_its_key(key, value):
   c = gender_config.get_config("tiny")
   section, name = key.split(".")
   c[section][name] = value
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
     gender.GenderTask(c)
+
+
+def test_init_from_semantics_must_match_the_config(backbone_file):
+  c = small_config(backbone_file[0])
+  c.model.avg_pool_include_pad = True  # not what the weights were made with
+  task = gender.GenderTask(c)
+  shapes = jax.eval_shape(task.init_state, jax.random.key(0))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  with pytest.raises(ValueError, match="model.avg_pool_include_pad"):
+    task.pretrained(zeros)
