@@ -126,6 +126,32 @@ def route(apply_fn: Callable[..., Any], params: Sequence[Any],
       lambda o: o.reshape((slots,) + o.shape[2:])[slot], outs)
 
 
+def inpaint(generator: Any, variables: Sequence[Any], p_male: jax.Array,
+            masked_image: jax.Array, landmark_map: jax.Array,
+            mask: jax.Array, *, gender: str = "auto",
+            strategy: str = "chunks", chunk: int = 0) -> jax.Array:
+  """A mixed batch through the inpainting generator of each face's gender.
+
+  Args:
+    generator: a `models.inpaint.Generator`.
+    variables: its variables per gender, `(female, male)`.
+    p_male: [B] the gender classifier's probabilities of "male".
+    masked_image, landmark_map, mask: the generator's inputs, [B, H, W, C].
+    gender: "auto" (by `p_male`), or "female" / "male" for every face: then
+      only that generator runs, on the whole batch.
+    strategy, chunk: as `route`.
+
+  Returns:
+    [B, H, W, 3] the generators' outputs (not yet composited).
+  """
+  inputs = (masked_image, landmark_map, mask)
+  if gender != "auto":
+    choose(p_male, gender)  # checks the name
+    return generator.apply(variables[schema.GENDERS[gender]], *inputs)
+  return route(generator.apply, variables, choose(p_male), *inputs,
+               strategy=strategy, chunk=chunk)
+
+
 def _chunk_size(batch_size: int, chunk: int) -> int:
   return min(chunk or default_chunk(batch_size), batch_size)
 

@@ -1,5 +1,7 @@
 """Gender routing: each face through its own gender's parameters."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,15 +68,21 @@ def test_routed_generators_equal_each_on_its_own_faces():
   init = jax.jit(g.init)
   variables = [init(jax.random.key(k), image[:1], lmap[:1], mask[:1])
                for k in (0, 1)]
-  genders = jnp.asarray([1, 0, 0, 1, 0], jnp.int32)
+  p_male = jnp.asarray([0.9, 0.2, 0.4, 0.7, 0.1])
+  genders = np.asarray([1, 0, 0, 1, 0])
 
-  def apply(v, *inputs):
-    return g.apply(v, *inputs)
+  def routed_fn(v0, v1, *x, gender="auto"):
+    return route.inpaint(g, (v0, v1), p_male, *x, gender=gender, chunk=2)
 
-  routed = jax.jit(lambda v0, v1, *x: route.route(
-      apply, (v0, v1), genders, *x, chunk=2))(*variables, image, lmap, mask)
+  routed = jax.jit(routed_fn)(*variables, image, lmap, mask)
+  apply = jax.jit(g.apply)
   for code in (0, 1):
-    idx = np.flatnonzero(np.asarray(genders) == code)
-    alone = jax.jit(apply)(variables[code], image[idx], lmap[idx], mask[idx])
+    idx = np.flatnonzero(genders == code)
+    alone = apply(variables[code], image[idx], lmap[idx], mask[idx])
     np.testing.assert_allclose(routed[idx], alone, rtol=0,
                                atol=1e-5 * float(jnp.abs(alone).max()))
+  # The override: one generator for every face.
+  everyone = jax.jit(functools.partial(routed_fn, gender="female"))(
+      *variables, image, lmap, mask)
+  np.testing.assert_array_equal(everyone,
+                                apply(variables[0], image, lmap, mask))
