@@ -115,6 +115,12 @@ def _input_size(config: ml_collections.ConfigDict) -> int:
   return config.model.get("input_size", 0)
 
 
+def _bn_momentum(config: ml_collections.ConfigDict) -> float:
+  # Absent from the config.json of runs started before the key existed,
+  # which trained with flax's 0.9.
+  return config.model.get("bn_momentum", 0.9)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the config key, on values only this task has."""
   check = config_utils.check
@@ -129,8 +135,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "model.freeze_backbone", m.freeze_backbone,
         "False unless model.init_from gives the backbone's ImageNet weights "
         "(a frozen random backbone teaches the head nothing)")
-  check(0 < m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum,
-        "in (0, 1)")
+  check(0 < _bn_momentum(config) < 1, "model.bn_momentum",
+        _bn_momentum(config), "in (0, 1)")
   input_size = _input_size(config)
   check(input_size == 0 or input_size >= inception.MIN_SIZE,
         "model.input_size", input_size,
@@ -243,7 +249,7 @@ class GenderTask(task_lib.Task):
     self.model = gender_model.Classifier(
         width=m.width, head_widths=tuple(m.head_widths), dropout=m.dropout,
         input_scale=m.input_scale, bn_scale=m.bn_scale,
-        bn_momentum=m.bn_momentum,
+        bn_momentum=_bn_momentum(config),
         avg_pool_include_pad=m.avg_pool_include_pad, dtype=self.dtype)
     self.freeze_backbone = bool(m.freeze_backbone)
     self.tx = optim.make(config.optim, config.train.num_steps)
