@@ -240,21 +240,29 @@ cd $(shquote "$here") || exit 1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=\${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 echo "jaxface: job \$SLURM_JOB_ID (restart \${SLURM_RESTART_COUNT:-0}) on \$SLURM_JOB_NODELIST, \$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 got_term=0
-# Near the time limit (--signal=B:USR1): the training processes save and exit 75.
-trap 'echo "jaxface: time limit near: stopping training (SIGTERM) to save a checkpoint"; kill -TERM "\$step" 2> /dev/null' USR1
+stop_asked=0
+# Near the time limit (--signal=B:USR1): ask the training processes to save
+# and exit 75 (from the loop below, never from inside a trap).
+trap 'stop_asked=1' USR1
 # Preemption or scancel: SLURM signals the training processes itself.
 trap 'got_term=1; echo "jaxface: SIGTERM from SLURM"' TERM
 $(quote_cmd "${srun_cmd[@]}") &
 step=\$!
-# A trapped signal ends the wait early (status > 128): wait again while the
-# step runs, then once more for the status of a step that ended meanwhile
-# (127: it was collected already).
+# Poll instead of a wait that a trap cuts short: bash can lose the status
+# of a step that ends while a trap runs. Here a trap runs between polls, and
+# the status is collected once the step has ended, with the traps off.
+sent=0
+while kill -0 "\$step" 2> /dev/null; do
+  if [ "\$stop_asked" -eq 1 ] && [ "\$sent" -eq 0 ]; then
+    echo "jaxface: time limit near: stopping training (SIGTERM) to save a checkpoint"
+    kill -TERM "\$step" 2> /dev/null
+    sent=1
+  fi
+  sleep 1
+done
+trap '' TERM USR1
 wait "\$step"
 status=\$?
-while kill -0 "\$step" 2> /dev/null; do wait "\$step"; status=\$?; done
-wait "\$step" 2> /dev/null
-last=\$?
-if [ "\$last" -ne 127 ]; then status=\$last; fi
 echo "jaxface: training exited with status \$status, \$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 if [ "\$status" -eq 75 ] && [ "\$got_term" -eq 0 ]; then
   if [ "\${SLURM_RESTART_COUNT:-0}" -lt $max_requeues ]; then
