@@ -273,6 +273,16 @@ def resize_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Array:
   return y.astype(x.dtype)
 
 
+def resize_square(images: jax.Array, size: int) -> jax.Array:
+  """Square images [B, S, S, C] at side `size`: bilinear, antialiased when
+  shrinking; unchanged when S is `size` already."""
+  b, s, _, c = images.shape
+  if s == size:
+    return images
+  return jax.image.resize(images, (b, size, size, c), "linear",
+                          antialias=True)
+
+
 def landmark_map(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   """LaFIn's landmark input: one lit pixel per landmark.
 

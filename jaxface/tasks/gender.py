@@ -46,6 +46,7 @@ from jaxface.data import schema
 from jaxface.data import transforms
 from jaxface.models import gender as gender_model
 from jaxface.models import inception
+from jaxface.models import layers
 from jaxface.train import optim
 from jaxface.train import task as task_lib
 
@@ -262,12 +263,7 @@ class GenderTask(task_lib.Task):
 
   def to_network(self, image: jax.Array) -> jax.Array:
     """Images [B, S, S, 3] at the network's input size (antialiased)."""
-    b, s = image.shape[0], image.shape[1]
-    if s == self.image_size:
-      return image
-    return jax.image.resize(image, (b, self.image_size, self.image_size,
-                                    image.shape[-1]), "linear",
-                            antialias=True)
+    return layers.resize_square(image, self.image_size)
 
   def trainable(self, params: Any) -> Any:
     """The parameters the optimiser updates (the head alone if frozen)."""

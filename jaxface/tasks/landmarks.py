@@ -37,6 +37,7 @@ from jaxface.data import schema
 from jaxface.data import transforms
 from jaxface.data import wflw
 from jaxface.models import landmarks as fan
+from jaxface.models import layers
 from jaxface.train import optim
 from jaxface.train import task as task_lib
 
@@ -237,12 +238,7 @@ class LandmarksTask(task_lib.Task):
 
   def to_network(self, image: jax.Array) -> jax.Array:
     """Images [B, S, S, 3] at the network's input size (antialiased)."""
-    b, s = image.shape[0], image.shape[1]
-    if s == self.image_size:
-      return image
-    return jax.image.resize(image, (b, self.image_size, self.image_size,
-                                    image.shape[-1]), "linear",
-                            antialias=True)
+    return layers.resize_square(image, self.image_size)
 
   def _scale(self, points: jax.Array, src: int, dst: int) -> jax.Array:
     """Pixel points of a `src`-sized image in a `dst`-sized one."""

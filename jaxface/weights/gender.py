@@ -55,6 +55,7 @@ import numpy as np
 
 from jaxface.models import inception
 from jaxface.weights import npz
+from jaxface.weights import report
 from jaxface.weights import torch_pickle
 
 FORMATS = ("keras", "torchvision")
@@ -72,7 +73,6 @@ _KERAS_LEAF = {("params", "kernel"): "kernel", ("params", "bias"): "beta",
                ("params", "scale"): "gamma",
                ("batch_stats", "mean"): "moving_mean",
                ("batch_stats", "var"): "moving_variance"}
-_SHOWN = 5
 
 
 def template(width: float = 1.0, **semantics: bool) -> dict[str, Any]:
@@ -88,19 +88,6 @@ def template(width: float = 1.0, **semantics: bool) -> dict[str, Any]:
 def _unit_paths() -> list[tuple[str, ...]]:
   """The module path of every conv unit, in creation order."""
   return [tuple(path.split("/")) for path, _, _ in inception.UNITS]
-
-
-def _report(source: str, what: str, missing, unexpected, wrong) -> None:
-  problems = []
-  for kind, items in (("missing", missing), ("unexpected", unexpected),
-                      ("wrongly shaped", wrong)):
-    if items:
-      more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-      problems.append(f"{len(items)} {kind}: {', '.join(items[:_SHOWN])}"
-                      f"{more}")
-  if problems:
-    raise ValueError(f"{source} is not {what} for this model: "
-                     + "; ".join(problems))
 
 
 def _fill(template_: Mapping[str, Any], found: Mapping[tuple, np.ndarray],
@@ -120,7 +107,8 @@ def _fill(template_: Mapping[str, Any], found: Mapping[tuple, np.ndarray],
                    f"float {like.shape})")
       continue
     out[key] = np.ascontiguousarray(value, np.float32)
-  _report(source, what, missing, unexpected, wrong)
+  report.raise_problems(f"{source} is not {what} for this model: ", missing,
+                        unexpected, wrong)
   return traverse_util.unflatten_dict(out)
 
 
@@ -235,19 +223,7 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
     `{'params', 'batch_stats'}` float32 NumPy trees of
     `InceptionV3(width, **SEMANTICS['torchvision'])`.
   """
-  if isinstance(path_or_state_dict, Mapping):
-    source, loaded = "the given state dict", path_or_state_dict
-  else:
-    source = os.fspath(path_or_state_dict)
-    loaded = torch_pickle.load(source)
-  state_dict = loaded
-  for wrapper in ("model", "state_dict"):
-    if isinstance(state_dict, Mapping) and isinstance(
-        state_dict.get(wrapper), Mapping):
-      state_dict = state_dict[wrapper]
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f"{source}: not a state dict ({type(loaded).__name__})")
-  state_dict = torch_pickle.strip_prefix(state_dict, "module.")
+  source, state_dict = torch_pickle.read_state_dict(path_or_state_dict)
   tmpl = template(width, **SEMANTICS["torchvision"])
   flat = traverse_util.flatten_dict(tmpl)
   names = {key: torch_name(key) for key in flat}

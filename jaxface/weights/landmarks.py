@@ -46,11 +46,11 @@ import numpy as np
 
 from jaxface.models import landmarks as landmarks_model
 from jaxface.weights import npz
+from jaxface.weights import report
 from jaxface.weights import torch_pickle
 
 _TORCH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
 # How many offending keys an error message lists of each kind.
-_SHOWN = 5
 _COLLECTIONS = ('params', 'batch_stats')
 # flax leaf name -> torch tensor name, per collection.
 _LEAF_TO_TORCH = {
@@ -158,16 +158,8 @@ def _is_float(dtype: np.dtype) -> bool:
 def _report(source: str, config: str, missing: list[str],
             unexpected: list[str], wrong: list[str]) -> None:
   """Raises a ValueError listing the first keys of each problem, if any."""
-  problems = []
-  for what, keys in (('missing', missing), ('unexpected', unexpected),
-                     ('wrong', wrong)):
-    if keys:
-      shown = ', '.join(keys[:_SHOWN])
-      more = f' and {len(keys) - _SHOWN} more' if len(keys) > _SHOWN else ''
-      problems.append(f'{len(keys)} {what}: {shown}{more}')
-  if problems:
-    raise ValueError(f'{source}: does not fit {config}: '
-                     + '; '.join(problems))
+  report.raise_problems(f'{source}: does not fit {config}: ', missing,
+                        unexpected, wrong, wrong_label='wrong')
 
 
 def _infer_num_stacks(keys: Any, source: str) -> int:

@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxface.models import segment as seg
 from jaxface.weights import npz
+from jaxface.weights import report
 from jaxface.weights import torch_pickle
 
 LAYOUTS = ("v1", "v2")
@@ -52,7 +53,6 @@ CLASS_SPECIFIC = ("roi_heads.box_predictor.cls_score.",
 _LEAF = {"params": {"kernel": "weight", "bias": "bias"},
          "batch_stats": {"scale": "weight", "bias": "bias",
                          "mean": "running_mean", "var": "running_var"}}
-_SHOWN = 5
 
 
 def torch_name(key: tuple[str, ...], layout: str = "v2") -> str:
@@ -137,19 +137,7 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
   Raises:
     ValueError: naming the source and the offending keys.
   """
-  if isinstance(path_or_state_dict, Mapping):
-    source, loaded = "the given state dict", path_or_state_dict
-  else:
-    source = os.fspath(path_or_state_dict)
-    loaded = torch_pickle.load(source)
-  state_dict = loaded
-  for wrapper in ("model", "state_dict"):
-    if isinstance(state_dict, Mapping) and wrapper in state_dict and (
-        isinstance(state_dict[wrapper], Mapping)):
-      state_dict = state_dict[wrapper]
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f"{source}: not a state dict ({type(loaded).__name__})")
-  state_dict = torch_pickle.strip_prefix(state_dict, "module.")
+  source, state_dict = torch_pickle.read_state_dict(path_or_state_dict)
   if "batch_stats" not in template:
     raise ValueError("the model to import into has no frozen BatchNorm "
                      "statistics: build it with norm='frozen' "
@@ -177,17 +165,9 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
                                     np.float32)
   missing = [repr(n) for n, k in wanted.items()
              if n not in state_dict and not n.startswith(CLASS_SPECIFIC)]
-  problems = []
-  for what, items in (("missing", missing), ("unexpected", unexpected),
-                      ("wrongly shaped", wrong)):
-    if items:
-      more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-      problems.append(f"{len(items)} {what}: {', '.join(items[:_SHOWN])}"
-                      f"{more}")
-  if problems:
-    raise ValueError(f"{source} is not a torchvision maskrcnn_resnet50_fpn "
-                     f"state dict ({layout} layout) for this model: "
-                     + "; ".join(problems))
+  report.raise_problems(
+      f"{source} is not a torchvision maskrcnn_resnet50_fpn state dict "
+      f"({layout} layout) for this model: ", missing, unexpected, wrong)
   if skipped:
     logging.info("%s: class-specific layers left at their initialisation "
                  "(another class count): %s", source, "; ".join(skipped))

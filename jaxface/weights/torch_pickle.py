@@ -905,3 +905,30 @@ def strip_prefix(state_dict: Mapping[str, Any],
                        'existing key')
     out[new_key] = value
   return out
+
+
+def read_state_dict(path_or_state_dict: 'str | os.PathLike[str] | Mapping',
+                    wrappers: tuple[str, ...] = ('model', 'state_dict')
+                    ) -> tuple[str, dict[str, Any]]:
+  """(name of the source, its flat state dict) of a `.pth` or a given dict.
+
+  A dict found under one of `wrappers` (a training checkpoint's 'model' or
+  'state_dict') is taken instead of the top level, and `module.` prefixes
+  (DataParallel) are dropped.
+
+  Raises:
+    ValueError: naming the file, when it holds no state dict.
+  """
+  if isinstance(path_or_state_dict, Mapping):
+    source, loaded = 'the given state dict', path_or_state_dict
+  else:
+    source = os.fspath(path_or_state_dict)
+    loaded = load(source)
+  state_dict = loaded
+  for wrapper in wrappers:
+    if isinstance(state_dict, Mapping) and isinstance(
+        state_dict.get(wrapper), Mapping):
+      state_dict = state_dict[wrapper]
+  if not isinstance(state_dict, Mapping):
+    raise ValueError(f'{source}: not a state dict ({type(loaded).__name__})')
+  return source, strip_prefix(state_dict, 'module.')
