@@ -236,7 +236,7 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
       else:
         unexpected.append(repr(name))
       continue
-    value = _numpy(value)
+    value = torch_pickle.to_numpy(value)
     if value.ndim == 4:  # [O, I, kh, kw] -> [kh, kw, I, O]
       value = value.transpose(2, 3, 1, 0)
     found[wanted[name]] = value
@@ -245,12 +245,6 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
                  " num_batches_tracked) skipped", source, skipped)
   return _fill(tmpl, found, source,
                "a torchvision inception_v3 state dict", unexpected, names)
-
-
-def _numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor
-    return value.detach().cpu().numpy()
-  return np.asarray(value)
 
 
 # ------------------------------------------------------------------ files

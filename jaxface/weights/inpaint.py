@@ -125,7 +125,7 @@ def from_lafin(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
         unexpected.append(repr(name))
       continue
     key = wanted[name]
-    value = _numpy(value)
+    value = torch_pickle.to_numpy(value)
     out[key] = value
   # torch 1.0 checkpoints: v from u by one power step.
   for v_key in flat:
@@ -160,12 +160,6 @@ def from_lafin(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
       f"{source} is not a LaFIn {what[network]} state dict for this model: ",
       missing, unexpected, wrong)
   return traverse_util.unflatten_dict(converted)
-
-
-def _numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor
-    return value.detach().cpu().numpy()
-  return np.asarray(value)
 
 
 def template(width: int = 64, num_res_blocks: int = 7,

@@ -141,13 +141,6 @@ def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   return shape
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-  """numpy from numpy / jax / (CPU) torch tensors, without importing torch."""
-  if hasattr(value, 'detach'):  # A torch tensor passed in directly.
-    value = value.detach().cpu().numpy()
-  return np.asarray(value)
-
-
 def _is_float(dtype: np.dtype) -> bool:
   # bfloat16 and float8 (ml_dtypes) are not np.floating subtypes.
   return (np.issubdtype(dtype, np.floating) or
@@ -243,7 +236,7 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
       unexpected.append(repr(name))
       continue
     key = wanted[name]
-    value = _to_numpy(value)
+    value = torch_pickle.to_numpy(value)
     want = _torch_shape(key[-1], expected[key])
     if value.shape != want or not _is_float(value.dtype):
       wrong.append(f'{name!r} {value.dtype} {value.shape} (expected float '

@@ -152,7 +152,7 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
       unexpected.append(repr(name))
       continue
     key = wanted[name]
-    value = _numpy(value)
+    value = torch_pickle.to_numpy(value)
     want = _torch_shape(tuple(flat[key].shape))
     if value.shape != want or value.dtype.kind != "f":
       if name.startswith(CLASS_SPECIFIC) and value.dtype.kind == "f":
@@ -175,12 +175,6 @@ def from_torch(path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
     if key not in out:  # the skipped class-specific layers
       out[key] = np.asarray(value, np.float32)
   return traverse_util.unflatten_dict(out)
-
-
-def _numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor
-    return value.detach().cpu().numpy()
-  return np.asarray(value)
 
 
 def template(num_classes: int = len(seg.CLASSES),

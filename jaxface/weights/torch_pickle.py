@@ -932,3 +932,11 @@ def read_state_dict(path_or_state_dict: 'str | os.PathLike[str] | Mapping',
   if not isinstance(state_dict, Mapping):
     raise ValueError(f'{source}: not a state dict ({type(loaded).__name__})')
   return source, strip_prefix(state_dict, 'module.')
+
+
+def to_numpy(value: Any) -> np.ndarray:
+  """NumPy from NumPy / jax arrays or (CPU) torch tensors, without
+  importing torch (a state dict passed in directly may hold tensors)."""
+  if hasattr(value, 'detach'):
+    value = value.detach().cpu().numpy()
+  return np.asarray(value)

@@ -36,13 +36,6 @@ def expected_shapes(
   return shapes
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-  """numpy from numpy / jax / (CPU) torch tensors, without importing torch."""
-  if hasattr(value, 'detach'):  # A torch tensor passed in directly.
-    value = value.detach().cpu().numpy()
-  return np.asarray(value)
-
-
 def from_torchvision(path_or_state_dict: str | os.PathLike[str] | Mapping[
     str, Any], *, last_layer: str = 'relu5_4',
                      dtype: Any = np.float32) -> dict[str, Any]:
@@ -89,7 +82,7 @@ def from_torchvision(path_or_state_dict: str | os.PathLike[str] | Mapping[
       if key not in state_dict:
         raise KeyError(f'{source}: missing {key!r} (for {name}/{ours}); is '
                        'this a torchvision vgg19 checkpoint?')
-      value = _to_numpy(state_dict[key])
+      value = torch_pickle.to_numpy(state_dict[key])
       if value.shape != torch_shape:
         raise ValueError(f'{source}: {key!r} has shape {value.shape}, expected '
                          f'{torch_shape} for VGG-19 {name}/{ours}')
