@@ -12,6 +12,17 @@ Smoke run on the embedded procedural faces (2-core CPU, about 3 minutes):
   (step 300), eval/ssim from ~0.78 to ~0.81.
   The reconstructions are blurry at this size and step count.
 
+CPU-sized real training (`lite`: 128x128, generator and discriminator at
+half width, 4 residual blocks) on a prepared dataset (docs/DATA.md), one run
+per gender as in the paper (and `gender=all` for the gender-agnostic
+baseline). No pretrained VGG-19 can be had here, so `lite` trains without the
+perceptual and style losses (pixel + TV + LSGAN); pass
+`--config.vgg_weights=... --config.losses.perceptual=0.1
+--config.losses.style=250` where the weights exist:
+
+  python -m jaxface.main --config=configs/inpaint.py:lite,gender=female \
+      --config.data.source=prepared:data/utkface --workdir=runs/inpaint_female
+
 Full size (one GPU or TPU host; 256x256, the reference architecture):
 
   python -m jaxface.main --config=configs/inpaint.py:gender=male \
@@ -23,7 +34,7 @@ Full size (one GPU or TPU host; 256x256, the reference architecture):
   end of training. On the procedural faces numbers are not comparable: they
   are a smoke test, not a benchmark.
 
-Config arguments after the colon (comma separated): `tiny`,
+Config arguments after the colon (comma separated): `tiny`, `lite`,
 `gender=all|male|female`, `size=<int>`. Any field can be overridden with
 `--config.<dotted.key>=value`, e.g. `--config.train.batch_size=32`.
 """
@@ -37,7 +48,8 @@ STYLE_LAYERS = ("relu2_2", "relu3_4", "relu4_4", "relu5_2")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_utils.parse_arg(arg, tiny=False, gender="all", size=256)
+  args = config_utils.parse_arg(arg, tiny=False, lite=False, gender="all",
+                                size=256)
   c = ml_collections.ConfigDict()
   c.task = "inpaint"
   c.seed = 0
@@ -111,6 +123,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=16, num_batches=32))
+
+  if args["lite"]:
+    c.compute_dtype = "float32"
+    c.data.image_size = 128 if args["size"] == 256 else args["size"]
+    c.data.num_threads = 2
+    c.data.prefetch = 4
+    c.model.generator.width = 32
+    c.model.generator.num_res_blocks = 4
+    c.model.discriminator.width = 32
+    # Without pretrained VGG-19 features the perceptual and style terms
+    # are off (a weight of 0 skips the loss network entirely).
+    c.losses.perceptual = 0.0
+    c.losses.style = 0.0
+    c.train.batch_size = 8
+    c.train.num_steps = 8000
+    c.train.log_every = 50
+    c.train.image_every = 1000
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 250
+    c.train.keep_every = 0
+    c.eval.batch_size = 16
+    c.eval.num_batches = 8
 
   if args["tiny"]:
     c.compute_dtype = "float32"

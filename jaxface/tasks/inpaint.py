@@ -168,8 +168,13 @@ class InpaintTask(task_lib.Task):
         d_opt=self.d_tx.init(d_vars["params"]))
 
   def constants(self) -> dict[str, Any]:
-    """Frozen inputs of the step: the VGG-19 loss network."""
+    """Frozen inputs of the step: the VGG-19 loss network (if used)."""
     path = self.config.vgg_weights
+    if self.config.losses.perceptual == 0 and self.config.losses.style == 0:
+      if path:
+        logging.warning("config.vgg_weights=%s is not used: "
+                        "losses.perceptual and losses.style are 0", path)
+      return {}
     if path:
       if self.vgg.width != 64:
         raise ValueError(f"config.losses.vgg_width={self.vgg.width}: "
@@ -244,28 +249,29 @@ class InpaintTask(task_lib.Task):
 
     # 3. Generator loss as a function of G's output only. D's parameters are
     # the pre-update ones and enter as constants: no weight gradients.
-    target_feats = self._vgg(consts, _pair(image, image * mask))
+    # The loss network runs only when a VGG term weighs anything.
+    use_vgg = cfg.perceptual > 0 or cfg.style > 0
+    if use_vgg:
+      target_feats = self._vgg(consts, _pair(image, image * mask))
 
     def g_loss_fn(out):
-      out_feats = self._vgg(consts, _pair(out, out * mask))
-      split = _unpair
-      out_full, out_hole = {}, {}
-      tgt_full, tgt_hole = {}, {}
-      for k in out_feats:
-        out_full[k], out_hole[k] = split(out_feats[k])
-        tgt_full[k], tgt_hole[k] = split(target_feats[k])
+      terms = {"l1": losses.hole_l1(out, image, mask)}
+      if use_vgg:
+        out_feats = self._vgg(consts, _pair(out, out * mask))
+        out_full, out_hole = {}, {}
+        tgt_full, tgt_hole = {}, {}
+        for k in out_feats:
+          out_full[k], out_hole[k] = _unpair(out_feats[k])
+          tgt_full[k], tgt_hole[k] = _unpair(target_feats[k])
+        terms["perceptual"] = losses.perceptual(out_full, tgt_full,
+                                                self.perceptual_layers)
+        terms["style"] = losses.style(out_hole, tgt_hole, self.style_layers)
       composite = out * mask + image * (1 - mask)
       fake_prob = self.discriminator.apply(
           {"params": d_params, SN: d_stats}, out, lmap,
           update_stats=False)
-      terms = {
-          "l1": losses.hole_l1(out, image, mask),
-          "perceptual": losses.perceptual(out_full, tgt_full,
-                                          self.perceptual_layers),
-          "style": losses.style(out_hole, tgt_hole, self.style_layers),
-          "tv": losses.total_variation(composite),
-          "adversarial": losses.lsgan_generator(fake_prob),
-      }
+      terms["tv"] = losses.total_variation(composite)
+      terms["adversarial"] = losses.lsgan_generator(fake_prob)
       total = sum(cfg[k] * v for k, v in terms.items())
       return total, terms
 
@@ -293,6 +299,16 @@ class InpaintTask(task_lib.Task):
                                         new_state.g_params,
                                         new_state.d_params)
     return new_state, out
+
+  # ----------------------------------------------------------- inference
+  def inference_variables(self, state: GANState) -> dict[str, Any]:
+    """The generator's variables: parameters and spectral-norm vectors."""
+    return {"params": state.g_params, SN: state.g_stats}
+
+  def inference_state(self, variables):
+    raise NotImplementedError(
+        "the inpainting generator is applied to its variables directly: "
+        "task.generator.apply(variables, masked, lmap, mask)")
 
   # ---------------------------------------------------------------- eval
   def _inpaint(self, state: GANState, batch):

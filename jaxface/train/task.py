@@ -164,6 +164,20 @@ class Task(abc.ABC):
     """A fresh state with pretrained weights put in; unchanged by default."""
     return state
 
+  # Inference. The trained network's variables without the optimiser, as
+  # exported weight files and the fused pipeline (`jaxface.pipeline`) hold
+  # them, and back into a state that `predict` takes.
+  def inference_variables(self, state: Any) -> dict[str, Any]:
+    """{"params": ..., <other collections>} of the trained network."""
+    return {"params": state.params, **state.model_state}
+
+  def inference_state(self, variables: Mapping[str, Any]) -> Any:
+    """A state for `predict` from `inference_variables`' output."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=variables["params"],
+        opt_state=None,
+        model_state={k: v for k, v in variables.items() if k != "params"})
+
   def baseline(self, spec: str) -> Callable[[Batch], dict[str, np.ndarray]]:
     """A host-side reference model scored like `eval_step`; none here."""
     raise NotImplementedError(
