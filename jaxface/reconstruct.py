@@ -243,6 +243,50 @@ def _batches(photos: Iterator[Photo | None], batch_size: int
     yield group
 
 
+def _reconstruct(rec, group: list[Photo], gender: str):
+  """Every face of a group of photos through the pipeline at once."""
+  crops, masks, lms = [], [], []
+  for photo in group:
+    for crop, matrix, _ in photo.crops:
+      crops.append(crop)
+      if photo.mask is not None:
+        masks.append(faces_lib.mask_to_crop(photo.mask, matrix, rec.size))
+      if photo.landmarks is not None:
+        lms.append(faces_lib.landmarks_to_crop(photo.landmarks, matrix))
+  return rec(np.stack(crops), np.stack(masks) if masks else None,
+             np.stack(lms) if lms else None, gender=gender,
+             intermediates=True)
+
+
+def _finish(photo: Photo, result: Any, first: int,
+            args: argparse.Namespace, weights: str) -> int:
+  """Pastes a photo's faces (results `first`, ...) back and writes it (and
+  the sheets); returns how many faces were reconstructed."""
+  out, info = photo.image, {"faces": []}
+  target = os.path.join(args.out, output_name(photo.name))
+  os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+  count = 0
+  for j, (crop, matrix, score) in enumerate(photo.crops):
+    k = first + j
+    share = float(result.mask[k].mean())
+    face = {"box_score": round(score, 3),
+            "p_male": round(float(result.p_male[k]), 3),
+            "generator": ("female", "male")[int(result.gender[k])],
+            "mask_share": round(share, 3),
+            "reconstructed": share >= args.min_mask or photo.mask is not None}
+    if face["reconstructed"]:
+      out = faces_lib.paste(out, result.output[k], result.mask[k], matrix)
+      count += 1
+    info["faces"].append(face)
+    if args.save_intermediates:
+      stem = os.path.splitext(photo.name)[0]
+      save(face_sheet(crop, result, k),
+           os.path.join(args.out, f"{stem}_face{j}_sheet.png"), info)
+  info.update(weights=weights, gender_option=args.gender)
+  save(out, target, info)
+  return count
+
+
 @functools.lru_cache(maxsize=2)
 def _reconstructor(weights: str, dtype: str, dilation: int, agnostic: bool):
   """One per setting and process: its compilations serve later calls."""
@@ -307,50 +351,29 @@ def run(args: argparse.Namespace) -> int:
         yield None
 
   for group in _batches(photos(), args.batch_size):
-    crops, masks, lms = [], [], []
-    for photo in group:
-      for crop, matrix, _ in photo.crops:
-        crops.append(crop)
-        if photo.mask is not None:
-          masks.append(faces_lib.mask_to_crop(photo.mask, matrix, rec.size))
-        if photo.landmarks is not None:
-          lms.append(faces_lib.landmarks_to_crop(photo.landmarks, matrix))
-    result = rec(np.stack(crops), np.stack(masks) if masks else None,
-                 np.stack(lms) if lms else None, gender=args.gender,
-                 intermediates=True)
+    try:
+      result = _reconstruct(rec, group, args.gender)
+    except Exception as e:  # pylint: disable=broad-except
+      # One batch's trouble must not stop the others: its photos are named.
+      for photo in group:
+        print(f"error: {photo.path}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+      failed += len(group)
+      done += len(group)
+      report(done)
+      continue
     k = 0
     for photo in group:
-      out, info = photo.image, {"faces": []}
-      for j, (crop, matrix, score) in enumerate(photo.crops):
-        share = float(result.mask[k].mean())
-        face_info = {"box_score": round(score, 3),
-                     "p_male": round(float(result.p_male[k]), 3),
-                     "generator": ("female", "male")[int(result.gender[k])],
-                     "mask_share": round(share, 3)}
-        if share >= args.min_mask or photo.mask is not None:
-          out = faces_lib.paste(out, result.output[k], result.mask[k],
-                                matrix)
-          face_info["reconstructed"] = True
-          reconstructed += 1
-        else:
-          face_info["reconstructed"] = False
-          untouched += 1
-        info["faces"].append(face_info)
-        if args.save_intermediates:
-          stem = os.path.splitext(photo.name)[0]
-          save(face_sheet(crop, result, k),
-               os.path.join(args.out, f"{stem}_face{j}_sheet.png"), info)
-        k += 1
-      info.update(weights=rec.bundle.name, gender_option=args.gender)
-      target = os.path.join(args.out, output_name(photo.name))
-      os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
       try:
-        save(out, target, info)
+        n = _finish(photo, result, k, args, rec.bundle.name)
         written += 1
-      except OSError as e:
+        reconstructed += n
+        untouched += len(photo.crops) - n
+      except Exception as e:  # pylint: disable=broad-except
         failed += 1
-        print(f"error: {photo.path}: cannot write {target} ({e})",
+        print(f"error: {photo.path}: {type(e).__name__}: {e}",
               file=sys.stderr)
+      k += len(photo.crops)
       done += 1
     report(done)
   print(f"{written} written to {args.out} ({reconstructed} faces "
