@@ -259,9 +259,10 @@ def _reconstruct(rec, group: list[Photo], gender: str):
 
 
 def _finish(photo: Photo, result: Any, first: int,
-            args: argparse.Namespace, weights: str) -> int:
+            args: argparse.Namespace, weights: str
+            ) -> tuple[int, np.ndarray]:
   """Pastes a photo's faces (results `first`, ...) back and writes it (and
-  the sheets); returns how many faces were reconstructed."""
+  the sheets); returns how many faces were reconstructed, and the photo."""
   out, info = photo.image, {"faces": []}
   target = os.path.join(args.out, output_name(photo.name))
   os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
@@ -284,7 +285,37 @@ def _finish(photo: Photo, result: Any, first: int,
            os.path.join(args.out, f"{stem}_face{j}_sheet.png"), info)
   info.update(weights=weights, gender_option=args.gender)
   save(out, target, info)
-  return count
+  return count, out
+
+
+THUMB = 256
+
+
+def _thumb(image: np.ndarray) -> np.ndarray:
+  """The image fitted into a THUMB square (white bars)."""
+  h, w = image.shape[:2]
+  s = THUMB / max(h, w)
+  small = np.asarray(Image.fromarray(image).resize(
+      (max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS))
+  out = np.full((THUMB, THUMB, 3), 255, np.uint8)
+  top, left = (THUMB - small.shape[0]) // 2, (THUMB - small.shape[1]) // 2
+  out[top:top + small.shape[0], left:left + small.shape[1]] = small
+  return out
+
+
+def contact_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                  columns: int = 4, pad: int = 6) -> np.ndarray:
+  """Input | output pairs tiled `columns` pairs wide."""
+  rows = -(-len(pairs) // columns)
+  cell = 2 * THUMB + pad
+  sheet = np.full((rows * (THUMB + pad) + pad, columns * (cell + pad) + pad,
+                   3), 255, np.uint8)
+  for i, (a, b) in enumerate(pairs):
+    y = pad + (i // columns) * (THUMB + pad)
+    x = pad + (i % columns) * (cell + pad)
+    sheet[y:y + THUMB, x:x + THUMB] = a
+    sheet[y:y + THUMB, x + THUMB + pad:x + cell] = b
+  return sheet
 
 
 @functools.lru_cache(maxsize=2)
@@ -318,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
   written = untouched = reconstructed = 0
   start = time.monotonic()
   done = 0
+  thumbs = []  # (input, output) thumbnails for --sheet
 
   def report(done):
     elapsed = time.monotonic() - start
@@ -365,7 +397,9 @@ def run(args: argparse.Namespace) -> int:
     k = 0
     for photo in group:
       try:
-        n = _finish(photo, result, k, args, rec.bundle.name)
+        n, out = _finish(photo, result, k, args, rec.bundle.name)
+        if args.sheet:
+          thumbs.append((_thumb(photo.image), _thumb(out)))
         written += 1
         reconstructed += n
         untouched += len(photo.crops) - n
@@ -376,6 +410,10 @@ def run(args: argparse.Namespace) -> int:
       k += len(photo.crops)
       done += 1
     report(done)
+  if args.sheet and thumbs:
+    save(contact_sheet(thumbs), args.sheet, {"sheet": True})
+    print(f"sheet of {len(thumbs)} inputs and outputs: {args.sheet}",
+          file=sys.stderr)
   print(f"{written} written to {args.out} ({reconstructed} faces "
         f"reconstructed, {untouched} without a face mask left as they were); "
         f"{failed} failed", file=sys.stderr)
@@ -411,6 +449,8 @@ def parser() -> argparse.ArgumentParser:
                  "or one for every face")
   p.add_argument("--save-intermediates", action="store_true",
                  help="also write input | landmarks | mask | output per face")
+  p.add_argument("--sheet", default=None,
+                 help="also write a PNG of every input beside its output")
   p.add_argument("--batch-size", type=int, default=16,
                  help="faces per pipeline call")
   p.add_argument("--dtype", default="float32", choices=("float32",

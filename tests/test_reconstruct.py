@@ -134,3 +134,18 @@ def test_detected_faces_in_a_photo(tiny, tmp_path, capsys):
     assert im.size == (512, 512)
   assert "synthetic" in reconstruct.read_notice(
       str(tmp_path / "out" / "astro.jpg")).lower()
+
+
+def test_faces_without_enough_mask_stay_bit_identical(tiny, tmp_path, capsys):
+  face = _face()
+  Image.fromarray(face).save(tmp_path / "face.png")
+  status = reconstruct.main([str(tmp_path / "face.png"), "--out",
+                             str(tmp_path / "out"), "--weights", tiny,
+                             "--aligned", "--min-mask", "1.01",
+                             "--sheet", str(tmp_path / "sheet.png")])
+  assert status == 0
+  assert np.array_equal(np.asarray(Image.open(tmp_path / "out" /
+                                              "face.png")), face)
+  assert "1 without a face mask left as they were" in capsys.readouterr().err
+  with Image.open(tmp_path / "sheet.png") as sheet:
+    assert sheet.size[1] >= 256
