@@ -20,6 +20,7 @@ Options (`--help` lists all):
                         photo pixels), a file or a folder like --mask
   --gender auto|male|female
   --save-intermediates  per face: input | landmarks | mask | output sheet
+  --sheet FILE          one PNG of every input beside its output
   --batch-size N        faces per pipeline call
 
 Each bad input (unreadable, not an image, too small or too large, no face)

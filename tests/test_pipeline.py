@@ -174,3 +174,6 @@ def test_shipped_weights_match_their_manifest():
     assert set(bundle_lib.REQUIRED) <= set(manifest["modules"])
     total = sum(e["bytes"] for e in manifest["modules"].values())
     assert total <= 32 * 2**20, f"bundle {name}: {total} bytes"
+  lite = bundle_lib.load("lite")  # by name, verified, every module read
+  assert lite["inpaint_female"].config.task == "inpaint"
+  assert "budget" in lite.manifest["modules"]["gender"]
