@@ -16,9 +16,7 @@ an H100 (the reference's generator alone).
 """
 
 import pathlib
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -26,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface import bench
 from jaxface import pipeline
 from jaxface.weights import bundle as bundle_lib
 
@@ -65,17 +64,8 @@ def _random_variables(pipe: pipeline.Pipeline, seed: int = 0):
 
 
 def _time(fn, *args) -> tuple[float, float]:
-  t = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  compile_s = time.perf_counter() - t
-  for _ in range(_WARMUP.value):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times), compile_s
+  return bench.median_seconds(fn, *args, steps=_STEPS.value,
+                              warmup=_WARMUP.value)
 
 
 def main(argv):

@@ -15,8 +15,6 @@ wall time of `--steps` synchronised calls after `--warmup`, faces per
 second, and the time relative to "one".
 """
 
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -25,6 +23,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from jaxface import bench
 from jaxface import route
 from jaxface import tasks
 
@@ -40,16 +39,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling.")
 
 
 def _time(fn, *args) -> float:
-  out = fn(*args)
-  jax.block_until_ready(out)
-  for _ in range(_WARMUP.value - 1):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return bench.median_seconds(fn, *args, steps=_STEPS.value,
+                              warmup=max(0, _WARMUP.value - 1))[0]
 
 
 def main(argv):
