@@ -122,6 +122,12 @@ class FaceDetector:
     self.min_score = float(min_score)
     self.num_threads = int(num_threads)
     self._interpreters = [None] * len(MODELS)
+    # The runtime now, not at the first photo: a missing one is one error.
+    try:
+      teacher_base.import_runtime("ai_edge_litert.interpreter",
+                                  "FaceDetector")
+    except ImportError as e:
+      raise NoDetectorError(f"{e}; {INSTALL_HINT}") from e
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -250,8 +256,9 @@ def align(image: np.ndarray, keypoints: np.ndarray, size: int
 
 # ----------------------------------------------------------------- paste
 def blend_alpha(mask: np.ndarray, feather: float) -> np.ndarray:
-  """float [S, S] alpha: 1 on the map grown by `feather` px, falling to 0
-  over the next `feather` px (a box-blurred ramp outside the map only)."""
+  """float [S, S] alpha: 1 on the map, falling to 0 over about 2 x
+  `feather` px beyond it (the map grown by `feather` px, box-blurred, and
+  never below 1 on the map itself)."""
   m = (np.asarray(mask, np.float32).reshape(mask.shape[:2]) > 0.5)
   r = max(1, int(round(feather)))
   kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)

@@ -69,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {args.photo}: {e}", file=sys.stderr)
     return 1
   stem = os.path.splitext(args.out)[0]
-  cv2.imwrite(args.out, masked[..., ::-1])
-  cv2.imwrite(stem + "_map.png", mask.reshape(mask.shape[:2]).astype(
-      np.uint8) * 255)
+  written = (cv2.imwrite(args.out, masked[..., ::-1])
+             and cv2.imwrite(stem + "_map.png", mask.reshape(
+                 mask.shape[:2]).astype(np.uint8) * 255))
+  if not written:
+    print(f"error: cannot write {args.out} or {stem}_map.png",
+          file=sys.stderr)
+    return 1
   np.savetxt(stem + "_landmarks.txt", landmarks, fmt="%.2f")
   print(f"wrote {args.out}, {stem}_map.png, {stem}_landmarks.txt")
   return 0

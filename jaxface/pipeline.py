@@ -254,8 +254,13 @@ class Reconstructor:
                        f"{faces.shape}")
     if gender not in GENDERS:
       raise ValueError(f"gender must be one of {GENDERS}, got {gender!r}")
-    images = (faces.astype(np.float32) / 255.0 if faces.dtype == np.uint8
-              else faces.astype(np.float32))
+    if faces.dtype == np.uint8:
+      images = faces.astype(np.float32) / 255.0
+    elif np.issubdtype(faces.dtype, np.floating):
+      images = faces.astype(np.float32)
+    else:
+      raise ValueError(f"faces must be uint8 or float in [0, 1], got "
+                       f"{faces.dtype}")
     n = len(images)
     size = bucket(n, self.buckets)
 
@@ -273,8 +278,8 @@ class Reconstructor:
       if mask.shape != (n, self.size, self.size, 1):
         raise ValueError(f"mask must be [B, {self.size}, {self.size}(, 1)] "
                          f"like the faces, got {mask.shape}")
-      if mask.dtype == np.uint8:
-        mask = mask > 127
+      if mask.dtype == np.uint8:  # 0/1 or 0/255 maps
+        mask = mask > (127 if mask.max() > 1 else 0)
     if landmarks is not None and np.shape(landmarks)[0] != n:
       raise ValueError(f"landmarks must be [B, 98, 2], got "
                        f"{np.shape(landmarks)}")

@@ -64,9 +64,14 @@ class InputError(ValueError):
 
 
 # ------------------------------------------------------------------ inputs
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, str]],
-                                                  list[str]]:
-  """Files, folders and globs -> ([(path, output name)], [errors])."""
+def expand_inputs(inputs: Sequence[str]
+                  ) -> tuple[list[tuple[str, str, str]], list[str]]:
+  """Files, folders and globs -> ([(path, name, output name)], [errors]).
+
+  `name` is the input's relative name (companion mask and landmark files
+  are looked up by it); output names are unique (a clash, also of two
+  inputs that both become PNG, gets the input's index).
+  """
   found, errors = [], []
   for item in inputs:
     if os.path.isdir(item):
@@ -82,14 +87,14 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, str]],
         if os.path.isdir(path):
           continue
         found.append((path, os.path.basename(path)))
-  # Output names must be unique: a clash gets the input's index.
   seen, out = set(), []
   for i, (path, name) in enumerate(found):
-    if name in seen:
-      stem, ext = os.path.splitext(name)
-      name = f"{stem}_{i}{ext}"
-    seen.add(name)
-    out.append((path, name))
+    target = output_name(name)
+    if target in seen:
+      stem, ext = os.path.splitext(target)
+      target = f"{stem}_{i}{ext}"
+    seen.add(target)
+    out.append((path, name, target))
   return out, errors
 
 
@@ -97,7 +102,11 @@ def read_photo(path: str) -> np.ndarray:
   """uint8 RGB of any image file (greys, 16-bit, alpha, palette are
   converted); InputError naming the file otherwise."""
   try:
-    with Image.open(path) as im:
+    f, _ = decode.open_regular_file(path)  # refuses FIFOs, devices, ...
+  except decode.CorruptImageError as e:
+    raise InputError(str(e)) from e
+  try:
+    with f, Image.open(f) as im:
       width, height = im.size
   except UnidentifiedImageError as e:
     raise InputError(f"{path}: not an image (no format Pillow reads)") from e
@@ -138,7 +147,8 @@ def _companion(root: str | None, input_name: str, suffixes: Sequence[str],
 
 
 def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
-  """bool [H, W] of a map image (non-zero = face mask) the photo's size."""
+  """bool [H, W] of a map image the photo's size: 0/1 maps count non-zero
+  pixels, 0-255 maps those above 127."""
   try:
     image, _ = decode.read_image(path)
   except decode.CorruptImageError as e:
@@ -146,14 +156,21 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
   if image.shape[:2] != shape:
     raise InputError(f"{path}: the mask is {image.shape[1]}x"
                      f"{image.shape[0]}, the photo {shape[1]}x{shape[0]}")
-  return image.max(-1) > 127
+  grey = image.max(-1)
+  return grey > (127 if grey.max() > 1 else 0)
 
 
 def read_landmarks(path: str) -> np.ndarray:
   """float [98, 2] from .npy or text (98 lines of x y)."""
   try:
-    points = (np.load(path) if path.endswith(".npy")
-              else np.loadtxt(path, dtype=np.float64))
+    if path.endswith(".npy"):
+      points = np.load(path)
+    elif path.endswith(".pts"):  # ibug: a header, then { x y ... }
+      text = open(path, encoding="utf-8").read()
+      body = text[text.index("{") + 1:text.rindex("}")]
+      points = np.array(body.split(), np.float64)
+    else:
+      points = np.loadtxt(path, dtype=np.float64)
   except Exception as e:  # pylint: disable=broad-except
     raise InputError(f"{path}: unreadable landmarks ({e})") from e
   points = np.asarray(points, np.float64).reshape(-1, 2) if np.size(
@@ -179,6 +196,16 @@ def save(image: np.ndarray, path: str, info: dict[str, Any]) -> None:
   notice, details = metadata(info)
   im = Image.fromarray(image)
   tmp = path + ".tmp"
+  try:
+    _write(im, tmp, path, notice, details)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _write(im: Image.Image, tmp: str, path: str, notice: str,
+           details: str) -> None:
   if path.lower().endswith(JPEG_SUFFIXES):
     exif = Image.Exif()
     exif[EXIF_DESCRIPTION] = notice
@@ -191,7 +218,6 @@ def save(image: np.ndarray, path: str, info: dict[str, Any]) -> None:
     png.add_text("Software", f"jaxface {jaxface.__version__}")
     png.add_text("jaxface", details)
     im.save(tmp, format="PNG", pnginfo=png)
-  os.replace(tmp, path)
 
 
 def read_notice(path: str) -> str | None:
@@ -222,7 +248,8 @@ def face_sheet(crop: np.ndarray, result: Any, k: int) -> np.ndarray:
 @dataclasses.dataclass
 class Photo:
   path: str
-  name: str
+  name: str       # relative input name
+  target: str     # relative output name
   image: np.ndarray
   crops: list[tuple[np.ndarray, np.ndarray, float]]
   mask: np.ndarray | None = None         # the user's map, photo-sized
@@ -264,8 +291,9 @@ def _finish(photo: Photo, result: Any, first: int,
             ) -> tuple[int, np.ndarray]:
   """Pastes a photo's faces (results `first`, ...) back and writes it (and
   the sheets); returns how many faces were reconstructed, and the photo."""
-  out, info = photo.image, {"faces": []}
-  target = os.path.join(args.out, output_name(photo.name))
+  info = {"weights": weights, "gender_option": args.gender, "faces": []}
+  out = photo.image
+  target = os.path.join(args.out, photo.target)
   os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
   count = 0
   for j, (crop, matrix, score) in enumerate(photo.crops):
@@ -273,7 +301,8 @@ def _finish(photo: Photo, result: Any, first: int,
     share = float(result.mask[k].mean())
     face = {"box_score": round(score, 3),
             "p_male": round(float(result.p_male[k]), 3),
-            "generator": ("female", "male")[int(result.gender[k])],
+            "generator": ("all" if args.agnostic else
+                          ("female", "male")[int(result.gender[k])]),
             "mask_share": round(share, 3),
             "reconstructed": share >= args.min_mask or photo.mask is not None}
     if face["reconstructed"]:
@@ -281,10 +310,9 @@ def _finish(photo: Photo, result: Any, first: int,
       count += 1
     info["faces"].append(face)
     if args.save_intermediates:
-      stem = os.path.splitext(photo.name)[0]
+      stem = os.path.splitext(photo.target)[0]
       save(face_sheet(crop, result, k),
            os.path.join(args.out, f"{stem}_face{j}_sheet.png"), info)
-  info.update(weights=weights, gender_option=args.gender)
   save(out, target, info)
   return count, out
 
@@ -336,15 +364,16 @@ def run(args: argparse.Namespace) -> int:
     print("error: no input files", file=sys.stderr)
     return 1
   os.makedirs(args.out, exist_ok=True)
-  rec = _reconstructor(args.weights, args.dtype, args.dilation,
-                       args.agnostic)
-  detector = None
-  if not args.aligned and not args.landmarks:
-    try:
+  try:
+    rec = _reconstructor(args.weights, args.dtype, args.dilation,
+                         args.agnostic)
+    detector = None
+    if not args.aligned and not args.landmarks:
       detector = faces_lib.FaceDetector(args.detector)
-    except faces_lib.NoDetectorError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
+  except (faces_lib.NoDetectorError, ValueError, KeyError, OSError) as e:
+    # Weights or detector missing or broken: nothing can be done.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   single = len(items) == 1
   failed = len(errors)
   written = untouched = reconstructed = 0
@@ -362,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
 
   def photos() -> Iterator[Photo | None]:
     nonlocal failed, done
-    for path, name in items:
+    for path, name, target in items:
       try:
         image = read_photo(path)
         mask_file = _companion(args.mask, name, (".png", ".jpg", ".bmp"),
@@ -376,11 +405,17 @@ def run(args: argparse.Namespace) -> int:
                                 args.aligned, args.max_faces)
         if not crops:
           raise InputError(f"{path}: no face found")
-        yield Photo(path, name, image, crops, user_mask, user_lm)
+        yield Photo(path, name, target, image, crops, user_mask, user_lm)
       except InputError as e:
         failed += 1
         done += 1
         print(f"error: {e}", file=sys.stderr)
+        yield None
+      except Exception as e:  # pylint: disable=broad-except
+        # Whatever else one photo raises (the detector, OpenCV) names it.
+        failed += 1
+        done += 1
+        print(f"error: {path}: {type(e).__name__}: {e}", file=sys.stderr)
         yield None
 
   for group in _batches(photos(), args.batch_size):
@@ -412,9 +447,15 @@ def run(args: argparse.Namespace) -> int:
       done += 1
     report(done)
   if args.sheet and thumbs:
-    save(contact_sheet(thumbs), args.sheet, {"sheet": True})
-    print(f"sheet of {len(thumbs)} inputs and outputs: {args.sheet}",
-          file=sys.stderr)
+    try:
+      os.makedirs(os.path.dirname(args.sheet) or ".", exist_ok=True)
+      save(contact_sheet(thumbs), args.sheet, {"sheet": True})
+      print(f"sheet of {len(thumbs)} inputs and outputs: {args.sheet}",
+            file=sys.stderr)
+    except (OSError, ValueError) as e:
+      failed += 1
+      print(f"error: cannot write the sheet {args.sheet} ({e})",
+            file=sys.stderr)
   print(f"{written} written to {args.out} ({reconstructed} faces "
         f"reconstructed, {untouched} without a face mask left as they were); "
         f"{failed} failed", file=sys.stderr)
@@ -451,7 +492,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--save-intermediates", action="store_true",
                  help="also write input | landmarks | mask | output per face")
   p.add_argument("--sheet", default=None,
-                 help="also write a PNG of every input beside its output")
+                 help="also write an image (PNG, or JPEG by its name) of every "
+                 "input beside its output")
   p.add_argument("--batch-size", type=int, default=16,
                  help="faces per pipeline call")
   p.add_argument("--dtype", default="float32", choices=("float32",

@@ -177,3 +177,16 @@ def test_shipped_weights_match_their_manifest():
   lite = bundle_lib.load("lite")  # by name, verified, every module read
   assert lite["inpaint_female"].config.task == "inpaint"
   assert "budget" in lite.manifest["modules"]["gender"]
+
+
+def test_float16_overflow_and_escaping_files_are_refused(tmp_path):
+  config = pipeline_helpers.tiny_configs()["gender"]
+  with pytest.raises(ValueError, match="does not fit float16"):
+    bundle_lib.write_module(tmp_path / "g.npz", config,
+                            {"params": {"w": np.full((2, 2), 1e6)}})
+  folder = tmp_path / "b"
+  manifest = pipeline_helpers.make_bundle(folder, agnostic=False)
+  manifest["modules"]["gender"]["file"] = "../elsewhere.npz"
+  bundle_lib.write_manifest(folder, manifest)
+  with pytest.raises(bundle_lib.BundleError, match="not in the bundle"):
+    bundle_lib.verify(folder)

@@ -149,3 +149,18 @@ def test_faces_without_enough_mask_stay_bit_identical(tiny, tmp_path, capsys):
   assert "1 without a face mask left as they were" in capsys.readouterr().err
   with Image.open(tmp_path / "sheet.png") as sheet:
     assert sheet.size[1] >= 256
+
+
+def test_clashing_output_names_and_01_masks(tiny, tmp_path):
+  face = _face()
+  Image.fromarray(face).save(tmp_path / "x.png")
+  Image.fromarray(face).save(tmp_path / "x.bmp")
+  items, errors = reconstruct.expand_inputs([str(tmp_path / "x.png"),
+                                             str(tmp_path / "x.bmp")])
+  assert not errors
+  assert len({target for _, _, target in items}) == 2
+  mask = np.zeros(face.shape[:2], np.uint8)
+  mask[100:150, 60:140] = 1  # a 0/1 map counts too
+  Image.fromarray(mask).save(tmp_path / "m.png")
+  assert reconstruct.read_mask(str(tmp_path / "m.png"),
+                               face.shape[:2]).sum() == 50 * 80

@@ -76,7 +76,7 @@ def main(argv):
     b = bundle_lib.load(_WEIGHTS.value)
     configs = {m: b[m].config for m in ("gender", "landmarks", "segment")}
     configs["inpaint"] = b["inpaint_female"].config
-    variables, name = pipeline.variables_of(b), b.name
+    variables, name = jax.device_put(pipeline.variables_of(b)), b.name
   dev = jax.devices()[0]
   header = (f"{'dtype':>9} {'batch':>5} {'ms/batch':>10} {'ms/face':>9} "
             f"{'faces/s':>9} {'compile s':>10}")

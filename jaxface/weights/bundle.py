@@ -150,7 +150,16 @@ def verify(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if module not in MODULES:
       problems.append(f"unknown module {module!r}")
       continue
-    path = folder / entry["file"]
+    if not isinstance(entry, dict) or not all(
+        k in entry for k in ("file", "bytes", "sha256")):
+      problems.append(f"module {module!r}: its entry needs 'file', 'bytes' "
+                      "and 'sha256'")
+      continue
+    path = folder / str(entry["file"])
+    if path.resolve().parent != folder.resolve():
+      problems.append(f"module {module!r}: file {entry['file']!r} is not in "
+                      "the bundle's folder")
+      continue
     if not path.is_file():
       problems.append(f"{path}: missing")
     elif path.stat().st_size != entry["bytes"]:
@@ -234,13 +243,21 @@ def write_module(path: str | os.PathLike[str],
     raise ValueError(f"dtype {dtype!r}: one of {DTYPES}")
   target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
 
-  def cast(a):
+  def cast(key_path, a):
     a = np.asarray(a)
-    return a.astype(target) if np.issubdtype(a.dtype, np.floating) else a
+    if not np.issubdtype(a.dtype, np.floating):
+      return a
+    out = a.astype(target)
+    if not np.all(np.isfinite(out.astype(np.float32))):
+      raise ValueError(f"{path}: {jax.tree_util.keystr(key_path)} does not fit "
+                       f"{dtype} (largest magnitude {np.abs(a).max():.3g}); "
+                       "store this module as float32")
+    return out
 
   variables = jax.device_get(dict(variables))
   text = json.dumps(_relative_paths(config.to_dict()), sort_keys=True)
-  npz.save_npz(path, {"variables": jax.tree.map(cast, variables),
+  npz.save_npz(path, {"variables": jax.tree_util.tree_map_with_path(
+                          cast, variables),
                       "config": np.frombuffer(text.encode(), np.uint8)})
   os.chmod(path, 0o644)
   return {"task": config.task, "dtype": dtype,
