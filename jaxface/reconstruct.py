@@ -456,10 +456,14 @@ def run(args: argparse.Namespace) -> int:
       failed += 1
       print(f"error: cannot write the sheet {args.sheet} ({e})",
             file=sys.stderr)
-  print(f"{written} written to {args.out} ({reconstructed} faces "
+  print(f"{written} written to {args.out} ({_count(reconstructed, 'face')} "
         f"reconstructed, {untouched} without a face mask left as they were); "
         f"{failed} failed", file=sys.stderr)
   return 1 if failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def parser() -> argparse.ArgumentParser:

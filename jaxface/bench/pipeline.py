@@ -44,7 +44,11 @@ def _full_configs():
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
   # pylint: disable-next=import-outside-toplevel
   from configs import gender, inpaint, landmarks, segment
-  return {"gender": gender.get_config(), "landmarks": landmarks.get_config(),
+  gender_config = gender.get_config()
+  # Frozen or not, the backbone runs the same forward pass; unfrozen needs
+  # no ImageNet file.
+  gender_config.model.freeze_backbone = False
+  return {"gender": gender_config, "landmarks": landmarks.get_config(),
           "segment": segment.get_config("model=unet"),
           "inpaint": inpaint.get_config()}
 
