@@ -108,6 +108,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       contrast=0.2,
       saturation=0.3,
       unmasked=0.2,         # faces without a mask (an empty map)
+      grey=0.1,             # black-and-white photos
+      occlusion=0.2,        # fingers / a palm across the mask, cut out
+                            # of the map (hands adjusting masks)
       mosaic=0.5,           # 2x2 scenes of four faces at half size
   ))
 

@@ -178,3 +178,69 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, *,
   x = x.mean() + (x - x.mean()) * rng.uniform(1 - contrast, 1 + contrast)
   x = x + rng.uniform(-brightness, brightness)
   return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def random_grey(image: np.ndarray, rng: np.random.Generator,
+                probability: float) -> np.ndarray:
+  """With `probability`, the image in grey (a black-and-white photo)."""
+  if not probability or rng.random() >= probability:
+    return image
+  grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114],
+                                             np.float32)
+  return np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, -1)
+
+
+def occlude(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Fingers and a palm drawn across the face mask, cut out of its map.
+
+  In real photos hands adjust masks, hold phones or rest on chins; what
+  covers the mask is not the mask. Two to four shaded finger capsules
+  start at a random pixel of the mask and run off in a random direction
+  into a palm; mostly skin tones, sometimes any colour (a glove, a cup).
+
+  Args:
+    image: uint8 [H, W, 3].
+    mask: uint8 [H, W, 1], 1 on the face mask; an empty map is left as is.
+    rng: the example's generator.
+
+  Returns:
+    (image, mask) with the occluder drawn and removed from the map.
+  """
+  ys, xs = np.nonzero(mask[..., 0])
+  if not len(ys):
+    return image, mask
+  h, w = mask.shape[:2]
+  side = min(h, w)
+  i = rng.integers(len(ys))
+  start = np.array([xs[i], ys[i]], np.float64)
+  angle = rng.uniform(0, 2 * np.pi)
+  along = np.array([np.cos(angle), np.sin(angle)])
+  across = np.array([-along[1], along[0]])
+  width = rng.uniform(0.05, 0.09) * side
+  length = rng.uniform(0.25, 0.5) * side
+  fingers = int(rng.integers(2, 5))
+  shape = np.zeros((h, w), np.uint8)
+  for k in range(fingers):
+    a = start + across * width * (k - (fingers - 1) / 2)
+    a = a + along * rng.uniform(-0.15, 0.15) * length   # uneven tips
+    b = a + along * length
+    cv2.line(shape, tuple(int(round(v)) for v in a),
+             tuple(int(round(v)) for v in b), 1,
+             thickness=max(1, int(round(width * 0.95))), lineType=cv2.LINE_8)
+  palm = start + along * length * 1.25
+  cv2.ellipse(shape, tuple(int(round(v)) for v in palm),
+              (int(round(length * 0.45)), int(round(width * fingers * 0.6))),
+              float(np.degrees(angle)), 0, 360, 1, thickness=-1)
+  if rng.random() < 0.8:      # skin: hue 6-36 degrees (OpenCV's HSV)
+    hsv = np.array([[[rng.uniform(3, 18), rng.uniform(50, 150),
+                      rng.uniform(90, 245)]]], np.uint8)
+    colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+  else:
+    colour = rng.integers(0, 256, 3).astype(np.float32)
+  # Rounded shading: darker towards each finger's edges.
+  depth = cv2.distanceTransform(shape, cv2.DIST_L2, 3)
+  shade = 0.7 + 0.3 * np.sqrt(np.clip(depth / (width / 2), 0.0, 1.0))
+  drawn = np.clip(colour * shade[..., None], 0, 255)
+  out = np.where(shape[..., None] > 0, np.round(drawn), image)
+  return out.astype(np.uint8), mask * (shape[..., None] == 0)

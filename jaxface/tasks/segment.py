@@ -129,6 +129,8 @@ class MakeExample:
   contrast: float = 0.0
   saturation: float = 0.0
   unmasked: float = 0.0
+  grey: float = 0.0
+  occlusion: float = 0.0
 
   def __call__(self, face: examples.Face, rng: np.random.Generator,
                augment: bool) -> dict[str, np.ndarray] | None:
@@ -141,6 +143,8 @@ class MakeExample:
       has_clean = not np.array_equal(face.image, face.masked_image)
       if rng.random() < self.unmasked and has_clean:
         image, mask = face.image, np.zeros_like(face.mask)
+      if self.occlusion and rng.random() < self.occlusion:
+        image, mask = transforms.occlude(image, mask, rng)
       # Zoomed-out faces sit on a plain colour: nothing of the photo is
       # smeared or mirrored into view without its part of the map.
       fill = tuple(rng.integers(0, 256, 3))
@@ -151,6 +155,7 @@ class MakeExample:
       image = transforms.colour_jitter(
           image, rng, brightness=self.brightness, contrast=self.contrast,
           saturation=self.saturation)
+      image = transforms.random_grey(image, rng, self.grey)
     return {schema.MASKED_IMAGE: image, schema.MASK: mask,
             schema.GENDER: face.gender, schema.MASK_STYLE: face.mask_style,
             FACE_BOX: face_box(landmarks), MASK_BOXES: mask_boxes(mask)}
@@ -279,8 +284,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(a[key] >= 0, f"augment.{key}", a[key], ">= 0")
   check(0 < a.scale_min <= a.scale_max, "augment.scale_min", a.scale_min,
         f"in (0, augment.scale_max={a.scale_max}]")
-  for key in ("unmasked", "mosaic"):
-    check(0 <= a[key] <= 1, f"augment.{key}", a[key], "in [0, 1]")
+  for key in ("unmasked", "mosaic", "grey", "occlusion"):
+    check(0 <= a.get(key, 0.0) <= 1, f"augment.{key}", a.get(key),
+          "in [0, 1]")
   check(config.losses.dice >= 0, "losses.dice", config.losses.dice, ">= 0")
   optim.validate(config.optim)
 
@@ -323,7 +329,9 @@ class SegmentTask(task_lib.Task):
     self.examples = examples.ExampleSpec(keys=KEYS, make=MakeExample(
         rotation=a.rotation, scale_min=a.scale_min, scale_max=a.scale_max,
         translation=a.translation, brightness=a.brightness,
-        contrast=a.contrast, saturation=a.saturation, unmasked=a.unmasked))
+        contrast=a.contrast, saturation=a.saturation, unmasked=a.unmasked,
+        # Configs saved before these two existed lack them.
+        grey=a.get("grey", 0.0), occlusion=a.get("occlusion", 0.0)))
 
   # ---------------------------------------------------------------- state
   def init_state(self, rng: jax.Array) -> task_lib.TrainState:

@@ -118,3 +118,40 @@ def test_face_box_needs_landmarks():
   assert abs(side_x - side_y) <= u * (abs(x0) + abs(x1) + abs(y0) + abs(y1)
                                       + 2 * (side_x + side_y))
   assert x0 < lm[:, 0].min() and x1 > lm[:, 0].max()
+
+
+def test_random_grey_is_grey_or_untouched():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  grey = transforms.random_grey(image, rng, 1.0)
+  assert grey.dtype == np.uint8
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+  expected = np.round(image.astype(np.float64) @ [0.299, 0.587, 0.114])
+  np.testing.assert_allclose(grey[..., 0], expected, atol=1)
+  assert transforms.random_grey(image, rng, 0.0) is image
+
+
+def test_occluder_covers_the_mask_and_is_cut_out_of_the_map():
+  face = _face(128)
+  image, mask = face["image"], face["mask"].reshape(128, 128, 1)
+  assert mask.any()
+  changed_maps = 0
+  for seed in range(8):
+    out, out_mask = transforms.occlude(image, mask,
+                                       np.random.default_rng(seed))
+    drawn = np.any(out != image, -1)
+    # Only mask pixels are removed from the map, and never kept under the
+    # occluder; it starts on the mask, so it always takes some of it.
+    assert not (out_mask > mask).any()
+    removed = (mask[..., 0] == 1) & (out_mask[..., 0] == 0)
+    assert removed.any()
+    assert not (drawn & (out_mask[..., 0] == 1)).any()
+    # Every removed pixel is occluder (drawn; a pixel drawn in its own
+    # colour is the rare exception).
+    assert drawn[removed].mean() > 0.95
+    changed_maps += int(removed.sum() < mask.sum())
+  assert changed_maps == 8
+  empty = np.zeros_like(mask)
+  out, out_mask = transforms.occlude(image, empty, np.random.default_rng(0))
+  assert out is image and out_mask is empty

@@ -252,3 +252,24 @@ def test_init_from_puts_imported_weights_into_a_fresh_state(tmp_path):
   c.model.norm = "group"
   with pytest.raises(ValueError, match="model.norm"):
     segment.SegmentTask(c)
+
+
+def test_make_example_occludes_and_greys_when_asked():
+  face = _face()
+  face = dataclasses.replace(face, masked_image=np.random.default_rng(0)
+                             .integers(0, 256, (64, 64, 3), np.uint8))
+  make = segment.MakeExample(occlusion=1.0, grey=1.0)
+  out = make(face, np.random.default_rng(0), True)
+  image = out[schema.MASKED_IMAGE]
+  np.testing.assert_array_equal(image[..., 0], image[..., 2])
+  assert 0 < out[schema.MASK].sum() < face.mask.sum()
+  # Evaluation examples are never augmented.
+  plain = make(face, np.random.default_rng(0), False)
+  np.testing.assert_array_equal(plain[schema.MASK], face.mask)
+
+
+def test_augment_probabilities_are_checked():
+  config = segment_config.get_config("tiny,model=unet")
+  config.augment.occlusion = 1.5
+  with pytest.raises(ValueError, match="augment.occlusion"):
+    segment.validate_config(config)
