@@ -126,6 +126,19 @@ def read_photo(path: str) -> np.ndarray:
   return image
 
 
+def read_icc(path: str) -> bytes | None:
+  """The photo's embedded ICC colour profile, None if it has none.
+
+  Pixels are read as stored (not converted to sRGB), so the output carries
+  the same profile to look the same.
+  """
+  try:
+    with Image.open(path) as im:
+      return im.info.get("icc_profile") or None
+  except Exception:  # pylint: disable=broad-except
+    return None      # read_photo has already named an unreadable file
+
+
 def _companion(root: str | None, input_name: str, suffixes: Sequence[str],
                single: bool) -> str | None:
   """The user's mask or landmark file for one input: the file itself when
@@ -190,14 +203,16 @@ def metadata(info: dict[str, Any]) -> tuple[str, str]:
                             sort_keys=True)
 
 
-def save(image: np.ndarray, path: str, info: dict[str, Any]) -> None:
+def save(image: np.ndarray, path: str, info: dict[str, Any],
+         icc: bytes | None = None) -> None:
   """Writes uint8 RGB with the notice: PNG text chunks, or JPEG EXIF
-  ImageDescription (and a comment). Atomic (temporary file, rename)."""
+  ImageDescription (and a comment), and the ICC profile `icc` if given.
+  Atomic (temporary file, rename)."""
   notice, details = metadata(info)
   im = Image.fromarray(image)
   tmp = path + ".tmp"
   try:
-    _write(im, tmp, path, notice, details)
+    _write(im, tmp, path, notice, details, icc)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -205,19 +220,20 @@ def save(image: np.ndarray, path: str, info: dict[str, Any]) -> None:
 
 
 def _write(im: Image.Image, tmp: str, path: str, notice: str,
-           details: str) -> None:
+           details: str, icc: bytes | None) -> None:
+  profile = {"icc_profile": icc} if icc else {}
   if path.lower().endswith(JPEG_SUFFIXES):
     exif = Image.Exif()
     exif[EXIF_DESCRIPTION] = notice
     exif[EXIF_SOFTWARE] = f"jaxface {jaxface.__version__}"
     im.save(tmp, format="JPEG", quality=95, exif=exif,
-            comment=details.encode())
+            comment=details.encode(), **profile)
   else:
     png = PngImagePlugin.PngInfo()
     png.add_text("Description", notice)
     png.add_text("Software", f"jaxface {jaxface.__version__}")
     png.add_text("jaxface", details)
-    im.save(tmp, format="PNG", pnginfo=png)
+    im.save(tmp, format="PNG", pnginfo=png, **profile)
 
 
 def read_notice(path: str) -> str | None:
@@ -254,6 +270,7 @@ class Photo:
   crops: list[tuple[np.ndarray, np.ndarray, float]]
   mask: np.ndarray | None = None         # the user's map, photo-sized
   landmarks: np.ndarray | None = None    # the user's points, photo pixels
+  icc: bytes | None = None               # the photo's colour profile
 
 
 def _batches(photos: Iterator[Photo | None], batch_size: int
@@ -313,7 +330,7 @@ def _finish(photo: Photo, result: Any, first: int,
       stem = os.path.splitext(photo.target)[0]
       save(face_sheet(crop, result, k),
            os.path.join(args.out, f"{stem}_face{j}_sheet.png"), info)
-  save(out, target, info)
+  save(out, target, info, photo.icc)
   return count, out
 
 
@@ -405,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
                                 args.aligned, args.max_faces)
         if not crops:
           raise InputError(f"{path}: no face found")
-        yield Photo(path, name, target, image, crops, user_mask, user_lm)
+        yield Photo(path, name, target, image, crops, user_mask, user_lm,
+                    read_icc(path))
       except InputError as e:
         failed += 1
         done += 1

@@ -164,3 +164,23 @@ def test_clashing_output_names_and_01_masks(tiny, tmp_path):
   Image.fromarray(mask).save(tmp_path / "m.png")
   assert reconstruct.read_mask(str(tmp_path / "m.png"),
                                face.shape[:2]).sum() == 50 * 80
+
+
+def test_outputs_keep_the_photo_colour_profile(tiny, tmp_path):
+  cms = pytest.importorskip("PIL.ImageCms")
+  icc = cms.ImageCmsProfile(cms.createProfile("LAB")).tobytes()
+  face = Image.fromarray(_face())
+  face.save(tmp_path / "a.jpg", quality=95, icc_profile=icc)
+  face.save(tmp_path / "b.png", icc_profile=icc)
+  face.save(tmp_path / "plain.png")
+  out = tmp_path / "out"
+  status = reconstruct.main([str(tmp_path / n) for n in
+                             ("a.jpg", "b.png", "plain.png")] +
+                            ["--out", str(out), "--weights", tiny,
+                             "--aligned", "--min-mask", "0"])
+  assert status == 0
+  for name in ("a.jpg", "b.png"):
+    with Image.open(out / name) as im:
+      assert im.info.get("icc_profile") == icc, name
+  with Image.open(out / "plain.png") as im:
+    assert "icc_profile" not in im.info
