@@ -15,9 +15,6 @@ docs/PERFORMANCE.md: >= 739 img/s at batch 64 and <= 4.5 ms at batch 1 on
 an H100 (the reference's generator alone).
 """
 
-import pathlib
-import sys
-
 from absl import app
 from absl import flags
 import jax
@@ -37,20 +34,6 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
                             "Compute dtypes.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling.")
-
-
-def _full_configs():
-  """The four modules' default (full-size) configs from configs/."""
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-  # pylint: disable-next=import-outside-toplevel
-  from configs import gender, inpaint, landmarks, segment
-  gender_config = gender.get_config()
-  # Frozen or not, the backbone runs the same forward pass; unfrozen needs
-  # no ImageNet file.
-  gender_config.model.freeze_backbone = False
-  return {"gender": gender_config, "landmarks": landmarks.get_config(),
-          "segment": segment.get_config("model=unet"),
-          "inpaint": inpaint.get_config()}
 
 
 def _random_variables(pipe: pipeline.Pipeline, seed: int = 0):
@@ -75,7 +58,8 @@ def _time(fn, *args) -> tuple[float, float]:
 def main(argv):
   del argv
   if _FULL.value:
-    configs, variables, name = _full_configs(), None, "full size, random"
+    configs, variables, name = (bench.full_size_configs(), None,
+                                "full size, random")
   else:
     b = bundle_lib.load(_WEIGHTS.value)
     configs = {m: b[m].config for m in ("gender", "landmarks", "segment")}
