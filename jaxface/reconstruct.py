@@ -98,9 +98,11 @@ def expand_inputs(inputs: Sequence[str]
   return out, errors
 
 
-def read_photo(path: str) -> np.ndarray:
+def read_photo(path: str) -> tuple[np.ndarray, bytes | None]:
   """uint8 RGB of any image file (greys, 16-bit, alpha, palette are
-  converted); InputError naming the file otherwise."""
+  converted) and its ICC colour profile (None if it has none; pixels are
+  read as stored, not converted, so the output carries the same profile);
+  InputError naming the file otherwise."""
   try:
     f, _ = decode.open_regular_file(path)  # refuses FIFOs, devices, ...
   except decode.CorruptImageError as e:
@@ -108,6 +110,7 @@ def read_photo(path: str) -> np.ndarray:
   try:
     with f, Image.open(f) as im:
       width, height = im.size
+      icc = im.info.get("icc_profile") or None
   except UnidentifiedImageError as e:
     raise InputError(f"{path}: not an image (no format Pillow reads)") from e
   except Exception as e:  # pylint: disable=broad-except
@@ -123,20 +126,7 @@ def read_photo(path: str) -> np.ndarray:
     image, _ = decode.read_image(path)
   except decode.CorruptImageError as e:
     raise InputError(str(e)) from e
-  return image
-
-
-def read_icc(path: str) -> bytes | None:
-  """The photo's embedded ICC colour profile, None if it has none.
-
-  Pixels are read as stored (not converted to sRGB), so the output carries
-  the same profile to look the same.
-  """
-  try:
-    with Image.open(path) as im:
-      return im.info.get("icc_profile") or None
-  except Exception:  # pylint: disable=broad-except
-    return None      # read_photo has already named an unreadable file
+  return image, icc
 
 
 def _companion(root: str | None, input_name: str, suffixes: Sequence[str],
@@ -410,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
     nonlocal failed, done
     for path, name, target in items:
       try:
-        image = read_photo(path)
+        image, icc = read_photo(path)
         mask_file = _companion(args.mask, name, (".png", ".jpg", ".bmp"),
                                single)
         lm_file = _companion(args.landmarks, name, (".npy", ".txt", ".pts"),
@@ -423,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
         if not crops:
           raise InputError(f"{path}: no face found")
         yield Photo(path, name, target, image, crops, user_mask, user_lm,
-                    read_icc(path))
+                    icc)
       except InputError as e:
         failed += 1
         done += 1
